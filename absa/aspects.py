@@ -1,6 +1,6 @@
 """Tokenizing ABSA examples: aspect masks from character spans, windows around the aspect, padding.
 
-The aspect mask marks every sub-token that overlaps the aspect's characters (`char_to_token` of a fast
+The aspect mask marks every sub-token that overlaps the aspect's characters (the offsets of a fast
 tokenizer), so multi-token aspects ("battery life", "Größe") are pooled whole. A text longer than
 `max_length` is cut to a window of tokens that contains the aspect, instead of losing the aspect.
 """
@@ -37,7 +37,9 @@ def encode_aspect_batch(batch: dict, indices: list[int], tokenizer, max_length: 
         if len(encoding.ids) > max_length:
             text, start, end = window_around_aspect(tokenizer, text, start, end, max_length, split, indices[i] + 1)
             encoding = tokenizer(text, truncation=False)[0]
-        tokens = {encoding.char_to_token(c) for c in range(start, end)} - {None}
+        # Offsets, not char_to_token: that returns one token per character, and SentencePiece / byte-level
+        # tokenizers give several tokens the same characters ("▁" + "[UNK]", byte pieces of one character).
+        tokens = {t for t, (a, b) in enumerate(encoding.offsets) if a < b and a < end and b > start}
         if not tokens:
             raise DataError(split, f"the aspect {text[start:end]!r} maps to no token", row=indices[i] + 1,
                             field="aspect")

@@ -78,7 +78,11 @@ def read_rows(path: str | Path) -> list[tuple[int | str, dict]]:
             raise DataError(path, f"not a valid {suffix[1:].upper()} file ({error})") from None
         rows = [(f"line {index + 2}", row) for index, row in enumerate(frame.to_dict("records"))]
     elif suffix == ".parquet":
-        frame = pd.read_parquet(path)
+        try:
+            frame = pd.read_parquet(path)
+        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            raise DataError(path, "the file is empty" if path.stat().st_size == 0
+                            else f"not a valid Parquet file ({error})") from None
         rows = [(index + 1, row) for index, row in enumerate(frame.to_dict("records"))]
     else:
         raise DataError(path, f"unknown file type '{suffix}' (expected one of {', '.join(TABLE_SUFFIXES)})")
@@ -92,7 +96,13 @@ def _looks_like_jsonl(path: Path) -> bool:
         first = handle.read(1)
         while first and first.isspace():
             first = handle.read(1)
-    return first == "{"
+    if first != "{":
+        return False
+    try:  # one object is either the {"data": [...]} layout or a one-line JSONL file
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return True  # several objects (or a broken one): read line by line so errors name the line
+    return not (isinstance(document, dict) and isinstance(document.get("data"), list))
 
 
 def find_split_files(folder: str | Path, suffixes: tuple[str, ...]) -> dict[str, Path]:

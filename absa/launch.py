@@ -35,7 +35,8 @@ def fsdp_wrap_classes(model) -> list[str]:
     model at once."""
     names = set(getattr(model, "_no_split_modules", None) or ())
     if not names:
-        names = {type(layer).__name__ for name, mod in model.named_modules() if name.endswith("encoder.layer") for layer in mod}
+        layer_lists = [mod for name, mod in model.named_modules() if name.endswith("encoder.layer")]
+        names = {type(layer).__name__ for layers in layer_lists for layer in layers}
     return sorted(names)
 
 

@@ -257,6 +257,8 @@ class RunState:
     global_step: int = 0
     train_samples: int = 0
     train_seconds: float = 0.0
+    running_loss: float = 0.0  # training loss summed since the last evaluation, and over how many batches
+    running_batches: int = 0
     history: list = field(default_factory=list)
     stopping: dict = field(default_factory=dict)
 
@@ -331,16 +333,17 @@ def fit(accelerator: Accelerator, model, optimizer, scheduler, train_loader, eva
     total_steps = optimizer_steps(settings, train_loader)
     progress = tqdm(total=total_steps, initial=state.global_step, disable=not accelerator.is_main_process,
                     desc="training", dynamic_ncols=True)
-    running_loss, running_batches = torch.zeros((), device=accelerator.device), 0
+    # The training loss is summed on the device and read once per evaluation or checkpoint: no host sync per step.
+    running_loss = torch.tensor(state.running_loss, device=accelerator.device)
 
     def evaluate_and_select() -> None:
-        nonlocal running_loss, running_batches
+        nonlocal running_loss
         logits, labels = predict(accelerator, model, eval_loader)
         metrics = compute_metrics(logits, labels)
-        row = {"epoch": state.epoch, "step": state.global_step, **scalar_metrics(metrics)}
-        if running_batches:  # one host sync per evaluation, not per step
-            row["train_loss"] = accelerator.reduce(running_loss, "mean").item() / running_batches
-            running_loss, running_batches = torch.zeros((), device=accelerator.device), 0
+        row = {"epoch": state.epoch, "step": state.global_step, "examples": len(logits), **scalar_metrics(metrics)}
+        if state.running_batches:
+            row["train_loss"] = accelerator.reduce(running_loss, "mean").item() / state.running_batches
+            running_loss, state.running_batches = torch.zeros((), device=accelerator.device), 0
         improved = stopping.update(metrics[settings.metric_for_best_model], state.global_step)
         row["is_best"] = improved
         state.history.append(row)
@@ -372,8 +375,8 @@ def fit(accelerator: Accelerator, model, optimizer, scheduler, train_loader, eva
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            running_loss += loss.detach()  # stays on the device: no host sync per step
-            running_batches += 1
+            running_loss += loss.detach()
+            state.running_batches += 1
             state.batches_in_epoch += 1
             state.train_samples += len(batch["input_ids"]) * accelerator.num_processes
             if not accelerator.sync_gradients:
@@ -386,6 +389,7 @@ def fit(accelerator: Accelerator, model, optimizer, scheduler, train_loader, eva
                 evaluate_and_select()
                 stop = accelerator.check_trigger() or at_limit
             if settings.checkpoint_every_steps and state.global_step % settings.checkpoint_every_steps == 0:
+                state.running_loss = running_loss.item()
                 save_checkpoint(accelerator, output_dir, state.global_step, settings.keep_checkpoints)
             paused += time.perf_counter() - pause_started
             if stop:
@@ -398,6 +402,7 @@ def fit(accelerator: Accelerator, model, optimizer, scheduler, train_loader, eva
                 stop = accelerator.check_trigger()
             state.epoch += 1
             state.batches_in_epoch = 0
+            state.running_loss = running_loss.item()
             save_checkpoint(accelerator, output_dir, state.global_step, settings.keep_checkpoints)
             continue
         state.train_seconds += time.perf_counter() - started - paused

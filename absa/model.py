@@ -24,6 +24,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from .aspects import require_fast_tokenizer
+from .launch import fsdp_wrap_classes
 
 WEIGHTS_NAME = "model.safetensors"
 POOLINGS = ("max", "mean")
@@ -83,7 +84,7 @@ class AbsaClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         # FSDP's transformer-layer auto-wrap reads this to find the encoder's layer classes for any family.
-        self._no_split_modules = list(encoder._no_split_modules or [])
+        self._no_split_modules = fsdp_wrap_classes(encoder)
 
     @property
     def config(self):

@@ -1,0 +1,366 @@
+"""Using a fine-tuned ABSA model: find the aspect in a text, batch the inputs, run the model fast.
+
+Python API (one process; `use_absa.py` adds evaluation, files and several processes on top):
+
+    from absa.predict import AbsaPredictor
+    predictor = AbsaPredictor.from_pretrained("runs/laptops/best_model")
+    predictor.predict(["The battery lasts forever but the screen is dim"] * 2, ["battery", "screen"])
+    # [{"label": "positive", "probabilities": {"negative": 0.03, "neutral": 0.05, "positive": 0.92},
+    #   "aspect": "battery", "start": 4, "end": 11}, {...}]
+    predictor.predict(["The [B-ASP]screen[E-ASP] is dim"])          # the aspect marked in the text
+    predictor.predict_probabilities(texts, aspects)                 # numpy [N, classes], columns = label_names
+
+How an aspect is found in its text (`resolve_aspect`): character offsets when given; else the aspect marked with
+`[B-ASP]...[E-ASP]` (the PyABSA convention); else a search for the aspect's words, taking the N-th occurrence
+(`occurrence`, 1-based, default the first). The search prefers whole words with the same case ("screen" is not
+found inside "touchscreen" when it also occurs as a word), then any case, then parts of words (texts without
+spaces, e.g. Chinese).
+
+Speed: `torch.inference_mode`, inputs sorted by length (longest first) so each batch pads little, and bf16
+autocast where the hardware computes bf16 natively (see `resolve_dtype`). Results always come back in input order.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .aspects import AspectCollator, encode_aspect_batch
+from .model import AbsaClassifier, load_tokenizer
+
+MARK_START, MARK_END = "[B-ASP]", "[E-ASP]"
+DTYPES = ("auto", "fp32", "bf16")
+_MARKERS = re.compile(re.escape(MARK_START) + "|" + re.escape(MARK_END))
+
+
+class AspectError(ValueError):
+    """An aspect that cannot be placed in its text; `field` says which input was wrong (text / aspect / start)."""
+
+    def __init__(self, message: str, field: str = "aspect"):
+        super().__init__(message)
+        self.field = field
+
+
+# --------------------------------------------------------------------------- finding the aspect in the text
+
+
+def parse_marked_text(text: str) -> tuple[str, list[tuple[int, int]]]:
+    """The text without `[B-ASP]` / `[E-ASP]` markers, and the (start, end) of every marked aspect in it.
+
+    `"The [B-ASP]battery[E-ASP] lasts"` -> `("The battery lasts", [(4, 11)])`. Spaces just inside the markers are
+    not part of the aspect. Unbalanced, nested or empty markers raise `AspectError`.
+    """
+    clean, spans, opened = [], [], None
+    length, position = 0, 0
+    for match in _MARKERS.finditer(text):
+        piece = text[position:match.start()]
+        clean.append(piece)
+        length += len(piece)
+        position = match.end()
+        if match.group() == MARK_START:
+            if opened is not None:
+                raise AspectError(f"{MARK_START} inside a marked aspect (missing {MARK_END}) in {_shorten(text)!r}",
+                                  "text")
+            opened = length
+        else:
+            if opened is None:
+                raise AspectError(f"{MARK_END} without {MARK_START} in {_shorten(text)!r}", "text")
+            joined = "".join(clean)
+            start = opened + len(joined[opened:]) - len(joined[opened:].lstrip())
+            end = len(joined.rstrip()) if joined[opened:].strip() else start
+            if end <= start:
+                raise AspectError(f"an empty marked aspect in {_shorten(text)!r}", "text")
+            spans.append((start, end))
+            opened = None
+    if opened is not None:
+        raise AspectError(f"{MARK_START} without {MARK_END} in {_shorten(text)!r}", "text")
+    clean.append(text[position:])
+    return "".join(clean), spans
+
+
+def find_occurrences(text: str, aspect: str) -> list[tuple[int, int]]:
+    """(start, end) of every occurrence of `aspect` in `text`, of the best kind found (see the module doc)."""
+    aspect = aspect.strip()
+    if not aspect:
+        return []
+    escaped = re.escape(aspect)
+    whole_word = rf"(?<!\w){escaped}(?!\w)"
+    for pattern, flags in ((whole_word, 0), (whole_word, re.IGNORECASE), (escaped, 0), (escaped, re.IGNORECASE)):
+        found = [match.span() for match in re.finditer(pattern, text, flags)]
+        if found:
+            return found
+    return []
+
+
+@dataclass(frozen=True)
+class AspectSpan:
+    """One aspect placed in its text (the text without markers); `occurrences` > 1 when the choice was ambiguous."""
+
+    text: str
+    start: int
+    end: int
+    occurrences: int = 1
+
+    @property
+    def aspect(self) -> str:
+        return self.text[self.start:self.end]
+
+
+def resolve_aspect(text: str, aspect: str | None = None, start=None, end=None,
+                   occurrence: int | None = None) -> AspectSpan:
+    """Place one aspect in `text`: by offsets, else by markers, else by searching (the `occurrence`-th, 1-based).
+
+    With markers and an aspect, the marked aspect with that wording is taken (several marked aspects need the
+    aspect to say which). Raises `AspectError` naming what is wrong.
+    """
+    if _is_missing(text) or not str(text).strip():
+        raise AspectError("the text is missing or empty", "text")
+    clean, marked = parse_marked_text(str(text))
+    aspect = None if _is_missing(aspect) or not str(aspect).strip() else str(aspect).strip()
+    if occurrence is not None and int(occurrence) < 1:
+        raise AspectError(f"occurrence counts from 1, got {occurrence}", "occurrence")
+    if not (_is_missing(start) and _is_missing(end)):
+        if marked:
+            raise AspectError("give the aspect either with [B-ASP]...[E-ASP] markers or with start/end, not both",
+                              "start")
+        try:
+            start, end = int(start), int(end)
+        except (TypeError, ValueError):
+            raise AspectError(f"start and end must be whole numbers, got start={start!r} end={end!r}",
+                              "start") from None
+        if not 0 <= start < end <= len(clean):
+            raise AspectError(f"the offsets {start}:{end} are outside the text ({len(clean)} characters)", "start")
+        if aspect is not None and clean[start:end].strip() != aspect:
+            raise AspectError(f"the offsets {start}:{end} give {clean[start:end]!r}, not the aspect {aspect!r}",
+                              "start")
+        return AspectSpan(clean, start, end)
+    if marked:
+        if aspect is None:
+            if len(marked) > 1:
+                raise AspectError(f"{len(marked)} aspects are marked; say which one with the aspect, or give one "
+                                  "marked aspect per text", "aspect")
+            return AspectSpan(clean, *marked[0])
+        chosen = ([span for span in marked if clean[span[0]:span[1]] == aspect]
+                  or [span for span in marked if clean[span[0]:span[1]].lower() == aspect.lower()])
+        if not chosen:
+            raise AspectError(f"the aspect {aspect!r} is not one of the marked aspects "
+                              f"({', '.join(repr(clean[s:e]) for s, e in marked)})")
+        return AspectSpan(clean, *_nth(chosen, occurrence, aspect), occurrences=len(chosen))
+    if aspect is None:
+        raise AspectError("no aspect: give the aspect, or mark it in the text with [B-ASP]...[E-ASP]")
+    found = find_occurrences(clean, aspect)
+    if not found:
+        raise AspectError(f"the aspect {aspect!r} does not occur in the text {_shorten(clean)!r}")
+    return AspectSpan(clean, *_nth(found, occurrence, aspect), occurrences=len(found))
+
+
+def _nth(spans, occurrence, aspect):
+    number = int(occurrence or 1)
+    if number > len(spans):
+        raise AspectError(f"the aspect {aspect!r} occurs {len(spans)} time(s) in the text; there is no "
+                          f"occurrence {number}", "occurrence")
+    return spans[number - 1]
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, float)
+                                                                                and value != value)
+
+
+def _shorten(text: str, width: int = 80) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+# --------------------------------------------------------------------------- running the model
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | str) -> torch.dtype:
+    """The compute dtype for `--dtype auto|fp32|bf16` (None = auto) on `device`.
+
+    auto is bf16 on CUDA GPUs that support it, and on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX-BF16,
+    as `torch.cpu.get_capabilities()` reports); fp32 elsewhere. Without native support bf16 is emulated and slower
+    than fp32. bf16 runs under autocast: weights stay fp32, matrix products run in bf16, softmax and layer norms in
+    fp32, so probabilities move by about 1e-2 at most against fp32.
+    """
+    device = torch.device(device)
+    if isinstance(dtype, torch.dtype):
+        dtype = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
+    dtype = {"float32": "fp32", "bfloat16": "bf16", None: "auto"}.get(dtype, dtype)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype == "auto":
+        return torch.bfloat16 if bf16_is_native(device) else torch.float32
+    if dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16; use dtype fp32")
+    return torch.bfloat16 if dtype == "bf16" else torch.float32
+
+
+def bf16_is_native(device: torch.device | str) -> bool:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        capabilities = getattr(torch.cpu, "get_capabilities", dict)()
+        return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+    return False
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype):
+    """bf16 autocast on `device` when dtype is bf16, a no-op context for fp32."""
+    device = torch.device(device)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+
+
+def default_max_length(tokenizer) -> int:
+    """The tokenizer's own limit; 512 when it declares none (some set a huge placeholder)."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if limit and limit <= 100_000 else 512
+
+
+def encode_spans(tokenizer, spans: Sequence[AspectSpan], max_length: int, labels=None,
+                 source: str = "input") -> list[dict]:
+    """Collator features (input_ids, attention_mask, aspect_mask) for each span, with `labels` riding along.
+
+    `labels` defaults to the position of each span. `absa.loop.predict` gathers whatever is under "labels"
+    together with the logits and never shows it to the model, so carrying the input position there tells which
+    output belongs to which input, however the batches were sorted and shared between processes.
+    """
+    features = []
+    for first in range(0, len(spans), 1024):  # tokenized in chunks: one fast-tokenizer call per chunk
+        chunk = spans[first:first + 1024]
+        columns = encode_aspect_batch({"text": [s.text for s in chunk], "start": [s.start for s in chunk],
+                                       "end": [s.end for s in chunk]}, list(range(first, first + len(chunk))),
+                                      tokenizer, max_length, split=source)
+        for i in range(len(chunk)):
+            features.append({"input_ids": columns["input_ids"][i], "attention_mask": columns["attention_mask"][i],
+                             "aspect_mask": columns["aspect_mask"][i],
+                             "labels": first + i if labels is None else int(labels[first + i])})
+    return features
+
+
+def length_sorted_loader(features: list[dict], collator, batch_size: int) -> DataLoader:
+    """Batches of similar length, longest first (so running out of memory shows at once), padded per batch.
+
+    No shuffling: a loader prepared by Accelerate hands whole batches to the processes in turn and
+    `gather_for_metrics` puts them back in this order, dropping the padding copies of the last batches.
+    """
+    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+    return DataLoader([features[i] for i in order], batch_size=batch_size, collate_fn=collator, shuffle=False)
+
+
+def in_input_order(logits: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Rows of `logits` moved back to the input positions carried through the run; each must come exactly once."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if len(positions) != len(logits) or not np.array_equal(np.sort(positions), np.arange(len(positions))):
+        raise RuntimeError(f"expected each of the {len(positions)} inputs exactly once back from the processes, "
+                           f"got positions {np.sort(positions)[:20].tolist()}...")
+    ordered = np.empty_like(logits)
+    ordered[positions] = logits
+    return ordered
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    return torch.softmax(torch.as_tensor(logits, dtype=torch.float32), dim=-1).numpy()
+
+
+def label_names_of(model) -> list[str]:
+    config = model.config
+    return [config.id2label[i] for i in range(config.num_labels)]
+
+
+def load_absa_model(folder: str | Path) -> tuple[AbsaClassifier, object]:
+    """An ABSA model folder (finetune_absa.py's best_model) -> (model in eval mode, fast tokenizer).
+
+    Anything that is not such a folder ends in SystemExit with a one-line reason.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SystemExit(f"{folder}: no such model folder")
+    try:
+        model = AbsaClassifier.from_pretrained(folder)
+    except SystemExit:
+        raise
+    except Exception as error:  # noqa: BLE001 - a damaged folder: say so in one line
+        raise SystemExit(f"{folder}: cannot load the ABSA model ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    tokenizer = load_tokenizer(str(folder))
+    return model.eval().requires_grad_(False), tokenizer
+
+
+class AbsaPredictor:
+    """A loaded ABSA model that classifies (text, aspect) pairs on one device.
+
+    `predict` returns one dict per input, in input order: `{"label": name, "probabilities": {name: p, ...},
+    "aspect": text[start:end], "start": start, "end": end}`; `predict_probabilities` returns the numpy array
+    [N, len(label_names)] instead. Offsets refer to the text without markers.
+    """
+
+    def __init__(self, model, tokenizer, device=None, batch_size: int = 64, dtype=None, max_length: int | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.eval().requires_grad_(False).to(self.device)
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.max_length = max_length or default_max_length(tokenizer)
+        self.label_names = label_names_of(model)
+        self.collator = AspectCollator(tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device=None, batch_size: int = 64, dtype=None,
+                        max_length: int | None = None) -> "AbsaPredictor":
+        """Load model and tokenizer once; device None = CUDA when available; dtype None = "auto"."""
+        model, tokenizer = load_absa_model(folder)
+        return cls(model, tokenizer, device=device, batch_size=batch_size, dtype=dtype, max_length=max_length)
+
+    def spans(self, texts, aspects=None, starts=None, ends=None, occurrence: int | None = None) -> list[AspectSpan]:
+        """Each input placed in its text (see `resolve_aspect`); errors name the 1-based input number."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of strings (got one string)")
+        count = len(texts)
+        for name, values in (("aspects", aspects), ("starts", starts), ("ends", ends)):
+            if values is not None and len(values) != count:
+                raise ValueError(f"{count} texts but {len(values)} {name}")
+        spans = []
+        for i, text in enumerate(texts):
+            try:
+                spans.append(resolve_aspect(text, aspects[i] if aspects is not None else None,
+                                            starts[i] if starts is not None else None,
+                                            ends[i] if ends is not None else None, occurrence))
+            except AspectError as error:
+                raise AspectError(f"input {i + 1}: {error}", error.field) from None
+        return spans
+
+    @torch.inference_mode()
+    def predict_probabilities(self, texts, aspects=None, starts=None, ends=None,
+                              occurrence: int | None = None) -> np.ndarray:
+        return softmax(self._logits(self.spans(texts, aspects, starts, ends, occurrence)))
+
+    def predict(self, texts, aspects=None, starts=None, ends=None, occurrence: int | None = None) -> list[dict]:
+        spans = self.spans(texts, aspects, starts, ends, occurrence)
+        probabilities = softmax(self._logits(spans))
+        return [{"label": self.label_names[int(row.argmax())],
+                 "probabilities": {name: float(p) for name, p in zip(self.label_names, row)},
+                 "aspect": span.aspect, "start": span.start, "end": span.end}
+                for span, row in zip(spans, probabilities)]
+
+    @torch.inference_mode()
+    def _logits(self, spans: list[AspectSpan]) -> np.ndarray:
+        if not spans:
+            return np.zeros((0, len(self.label_names)), dtype=np.float32)
+        loader = length_sorted_loader(encode_spans(self.tokenizer, spans, self.max_length), self.collator,
+                                      self.batch_size)
+        all_logits, all_positions = [], []
+        with autocast(self.device, self.dtype):
+            for batch in loader:
+                all_positions.append(batch.pop("labels"))
+                batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+                all_logits.append(self.model(**batch).logits.float().cpu())
+        return in_input_order(torch.cat(all_logits).numpy(), torch.cat(all_positions).numpy())

@@ -1,0 +1,269 @@
+"""finetune_absa.py and the shared loop: learning, model selection, early stopping, resume, accumulation,
+two real CPU processes, and the refusals that happen before training."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import finetune_absa
+from absa.loop import EarlyStopping, parse_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+ASPECTS = ["screen", "battery", "keyboard", "price", "speaker", "camera", "touchpad", "fan"]
+WORDS = {"negative": ["awful", "terrible", "poor"], "neutral": ["average", "okay", "standard"],
+         "positive": ["great", "excellent", "good"]}
+
+
+def synthetic_absa(n_sentences: int, seed: int) -> list[dict]:
+    """Two aspects per sentence with different polarities; only the word next to an aspect decides its label,
+    so a model that ignores the aspect's position cannot do better than chance on a sentence's two rows."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n_sentences):
+        first, second = rng.sample(ASPECTS, 2)
+        label_a, label_b = rng.sample(list(WORDS), 2)
+        text_a = f"the {first} is {rng.choice(WORDS[label_a])}"
+        text = f"{text_a} but the {second} is {rng.choice(WORDS[label_b])} ."
+        rows.append({"text": text, "aspect": first, "start": 4, "end": 4 + len(first), "label": label_a})
+        start = text.index(f"the {second}", len(text_a)) + 4
+        rows.append({"text": text, "aspect": second, "start": start, "end": start + len(second), "label": label_b})
+    return rows
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture
+def synthetic_folder(tmp_path):
+    folder = tmp_path / "data"
+    write_jsonl(folder / "train.jsonl", synthetic_absa(150, seed=0))
+    write_jsonl(folder / "validation.jsonl", synthetic_absa(25, seed=1))  # 50 rows: not a multiple of 2 x 8
+    write_jsonl(folder / "test.jsonl", synthetic_absa(25, seed=2))
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons; each in-process run starts from a clean state."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def run_main(model_dir, data_dir, output_dir, *extra):
+    args = ["--model_name_or_path", str(model_dir), "--dataset", str(data_dir), "--output_dir", str(output_dir),
+            "--per_device_batch_size", "8", "--learning_rate", "3e-3", "--warmup_steps", "5", *map(str, extra)]
+    return finetune_absa.main(parse_settings(finetune_absa.Settings, args))
+
+
+def script(*args):
+    """The command line that runs finetune_absa.py in a fresh process."""
+    return [sys.executable, str(ROOT / "finetune_absa.py"), *map(str, args)]
+
+
+def test_learns_a_task_that_needs_the_aspect(tiny_model_dirs, synthetic_folder, tmp_path):
+    results = run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--num_epochs", 12,
+                       "--metric_for_best_model", "accuracy", "--early_stopping_patience", 12)
+    assert results["best_validation"]["accuracy"] >= 0.9, results["validation_history"]
+    assert results["test_accuracy"] >= 0.85
+    # Model selection: the best step is the argmax of the validation history, and the saved best model
+    # reproduces that row's validation metrics exactly.
+    history = results["validation_history"]
+    best = max(history, key=lambda row: (row["accuracy"], -row["step"]))
+    assert results["best_step"] == best["step"]
+    for name in ("run/metrics.jsonl", "run/results.json", "run/confusion_matrix.png", "run/curves.png",
+                 "run/best_model/model.safetensors", "run/best_model/tokenizer.json"):
+        assert (tmp_path / name).exists(), name
+    on_disk = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in on_disk] == [row["step"] for row in history]
+    assert all(row["examples"] == 50 for row in history)
+    saved = json.loads((tmp_path / "run/results.json").read_text())
+    assert saved["test"]["confusion_matrix"] and saved["settings"]["learning_rate"] == 3e-3
+
+
+def test_best_model_reloads_with_the_validation_metrics_it_was_chosen_for(tiny_model_dirs, synthetic_folder, tmp_path):
+    from absa.aspects import AspectCollator, encode_absa_splits
+    from absa.data import load_absa_splits
+    from absa.metrics import single_label_metrics
+    from absa.model import AbsaClassifier, load_tokenizer
+
+    results = run_main(tiny_model_dirs["roberta"], synthetic_folder, tmp_path / "run", "--num_epochs", 3)
+    model = AbsaClassifier.from_pretrained(tmp_path / "run/best_model").eval()
+    tokenizer = load_tokenizer(str(tmp_path / "run/best_model"))
+    validation = load_absa_splits(str(synthetic_folder))["validation"]
+    batch = AspectCollator(tokenizer)(list(encode_absa_splits(validation, tokenizer, 128)))
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        logits = model(**batch).logits
+    metrics = single_label_metrics(logits.numpy(), labels.numpy(), finetune_absa.Settings().label_names)
+    assert metrics["loss"] == pytest.approx(results["best_validation"]["loss"], abs=1e-5)
+    assert metrics["accuracy"] == results["best_validation"]["accuracy"]
+
+
+def test_early_stopping_on_a_scripted_sequence():
+    losses = [1.0, 0.8, 0.9, 0.85, 0.95, 0.7]
+    stopping = EarlyStopping("loss", patience=3)
+    seen = []
+    for step, value in enumerate(losses, start=1):
+        seen.append(stopping.update(value, step))
+        if stopping.should_stop:
+            break
+    assert seen == [True, True, False, False, False]  # stops after the 5th evaluation, never sees 0.7
+    assert (stopping.best, stopping.best_step) == (0.8, 2)
+
+    accuracy = EarlyStopping("accuracy", patience=1)
+    assert accuracy.update(0.5, 1) and accuracy.update(0.6, 2) and not accuracy.update(0.6, 3)
+    assert accuracy.should_stop and accuracy.best_step == 2
+    restored = EarlyStopping("accuracy", patience=1)
+    restored.load_state_dict(accuracy.state_dict())
+    assert restored.state_dict() == accuracy.state_dict()
+
+
+def test_early_stopping_stops_the_run(tiny_model_dirs, synthetic_folder, tmp_path):
+    # lr 0: the validation loss never improves after the first evaluation, so patience 2 ends epoch 3.
+    results = run_main(tiny_model_dirs["electra"], synthetic_folder, tmp_path / "run", "--num_epochs", 8,
+                       "--learning_rate", 0, "--early_stopping_patience", 2)
+    assert [row["epoch"] for row in results["validation_history"]] == [0, 1, 2]
+    assert results["epochs_run"] == 3 and results["best_epoch"] == 1
+
+
+def test_gradient_accumulation_matches_a_larger_batch(tiny_model_dirs, synthetic_folder, tmp_path):
+    model_dir = tmp_path / "no_dropout"
+    shutil.copytree(tiny_model_dirs["bert"], model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (model_dir / "config.json").write_text(json.dumps(config))
+    common = ["--max_steps", 1, "--warmup_steps", 0, "--group_by_length", "false", "--max_grad_norm", 0]
+    run_main(model_dir, synthetic_folder, tmp_path / "b16", *common, "--per_device_batch_size", 16)
+    run_main(model_dir, synthetic_folder, tmp_path / "b8x2", *common, "--per_device_batch_size", 8,
+             "--gradient_accumulation_steps", 2)
+    before = {f"encoder.{key}": value for key, value in load_file(model_dir / "model.safetensors").items()}
+    one = load_file(tmp_path / "b16/best_model/model.safetensors")
+    two = load_file(tmp_path / "b8x2/best_model/model.safetensors")
+    assert one.keys() == two.keys()
+    assert any(not torch.equal(one[key], before[key]) for key in one if key in before), "the step changed nothing"
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("metric,patience,message", [("f1", 3, "metric_for_best_model"),
+                                                     ("loss", 0, "early_stopping_patience")])
+def test_bad_settings_are_refused_before_training(tiny_model_dirs, synthetic_folder, tmp_path, metric, patience,
+                                                  message):
+    with pytest.raises(SystemExit, match=message):
+        run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--metric_for_best_model", metric,
+                 "--early_stopping_patience", patience)
+    assert not (tmp_path / "run").exists()
+
+
+def test_finished_run_is_not_overwritten_and_bad_resume_is_refused(tiny_model_dirs, synthetic_folder, tmp_path):
+    run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 2)
+    results = (tmp_path / "run/results.json").read_bytes()
+    with pytest.raises(SystemExit, match="already holds a run"):
+        run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 2)
+    assert (tmp_path / "run/results.json").read_bytes() == results
+    with pytest.raises(SystemExit, match="not a checkpoint folder"):
+        run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--resume_from_checkpoint",
+                 tmp_path / "run/best_model")
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "empty", "--resume_from_checkpoint", "latest")
+    run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 2, "--overwrite_output_dir")
+
+
+def test_several_seeds_report_mean_and_range(tiny_model_dirs, synthetic_folder, tmp_path):
+    from absa.loop import run_for_seeds
+
+    settings = parse_settings(finetune_absa.Settings, [
+        "--model_name_or_path", str(tiny_model_dirs["bert"]), "--dataset", str(synthetic_folder),
+        "--output_dir", str(tmp_path / "seeds"), "--max_steps", "2", "--seeds", "1", "2"])
+    runs = run_for_seeds(finetune_absa.main, settings, keys=("test_accuracy", "test_macro_f1"))
+    summary = json.loads((tmp_path / "seeds/seeds_summary.json").read_text())
+    assert len(runs) == 2 and summary["seeds"] == [1, 2]
+    values = [run["test_macro_f1"] for run in runs]
+    assert summary["test_macro_f1"]["mean"] == pytest.approx(sum(values) / 2)
+    assert summary["test_macro_f1"]["min"] == min(values)
+    assert (tmp_path / "seeds/seed_1/results.json").exists() and (tmp_path / "seeds/seed_2/results.json").exists()
+
+
+def _final_state(output_dir: Path):
+    results = json.loads((output_dir / "results.json").read_text())
+    history = [{k: v for k, v in row.items() if k != "train_loss"} for row in results["validation_history"]]
+    last = sorted((output_dir / "checkpoints").glob("step_*[0-9]"))[-1]
+    return results, history, load_file(last / "model.safetensors")
+
+
+def _kill_when(process, path_glob: str, root: Path, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if list(root.glob(path_glob)):
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended before {path_glob} appeared:\n{process.stdout.read()}")
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError(f"{path_glob} never appeared")
+
+
+@pytest.mark.parametrize("kill_after,extra", [("checkpoints/step_0000019", []),
+                                              ("checkpoints/step_0000006", ["--checkpoint_every_steps", "3"])],
+                         ids=["after-epoch-1", "mid-epoch-sigkill"])
+def test_resume_gives_the_same_run(tiny_model_dirs, synthetic_folder, tmp_path, kill_after, extra):
+    args = ["--model_name_or_path", tiny_model_dirs["bert"], "--dataset", synthetic_folder,
+            "--per_device_batch_size", 16, "--learning_rate", "3e-3", "--warmup_steps", 5, "--num_epochs", 3,
+            "--early_stopping_patience", 5, *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(script(*args, "--output_dir", tmp_path / "whole"), check=True, env=env, capture_output=True)
+    process = subprocess.Popen(script(*args, "--output_dir", tmp_path / "cut"), env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    _kill_when(process, kill_after, tmp_path / "cut")
+    assert not (tmp_path / "cut/results.json").exists()
+    resumed = subprocess.run(script(*args, "--output_dir", tmp_path / "cut", "--resume_from_checkpoint", "latest"),
+                             env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    whole, cut = _final_state(tmp_path / "whole"), _final_state(tmp_path / "cut")
+    assert cut[1] == whole[1]  # the same validation history, step by step
+    assert cut[0]["test"]["accuracy"] == whole[0]["test"]["accuracy"]
+    assert cut[0]["test"]["loss"] == pytest.approx(whole[0]["test"]["loss"], abs=1e-6)
+    for key, value in whole[2].items():
+        torch.testing.assert_close(cut[2][key], value, rtol=0, atol=1e-6)
+
+
+@pytest.mark.multiprocess
+def test_two_processes_give_the_metrics_of_one(tiny_model_dirs, synthetic_folder, tmp_path):
+    # lr 0 keeps the weights identical, so the validation metrics must match exactly; 50 validation rows are
+    # not a multiple of 2 processes x 8, so a wrong gather would show as duplicated or missing predictions.
+    args = ["--model_name_or_path", tiny_model_dirs["deberta-v2"], "--dataset", synthetic_folder, "--learning_rate",
+            0, "--num_epochs", 1, "--per_device_batch_size", 8, "--eval_batch_size", 8]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(script(*args, "--output_dir", tmp_path / "one"), check=True, env=env, capture_output=True)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          *script(*args, "--output_dir", tmp_path / "two")[1:]],
+                         env={**env, "ACCELERATE_USE_CPU": "true"}, capture_output=True, text=True)
+    assert two.returncode == 0, two.stdout + two.stderr
+    one = json.loads((tmp_path / "one/results.json").read_text())
+    two = json.loads((tmp_path / "two/results.json").read_text())
+    assert (one["num_processes"], two["num_processes"]) == (1, 2)
+    row_one, row_two = one["validation_history"][0], two["validation_history"][0]
+    assert row_one["examples"] == row_two["examples"] == 50
+    for key in ("loss", "accuracy", "macro_f1"):
+        assert row_two[key] == pytest.approx(row_one[key], abs=1e-6)
+    assert two["test"]["confusion_matrix"] == one["test"]["confusion_matrix"]
