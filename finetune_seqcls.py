@@ -116,6 +116,7 @@ def main(settings: Settings) -> dict:
     accelerator = make_accelerator(settings)
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()  # the "classifier newly initialized" load report is expected
+    transformers.logging.disable_progress_bar()  # one "Loading weights" bar per load and save is noise
 
     # Data: text (and text_pair) with labels; the task comes from the labels. Bad rows stop the run here.
     data = load_text_data(settings.dataset, dataset_config=settings.dataset_config, train_file=settings.train_file,
@@ -364,6 +365,7 @@ def predict_only(settings: Settings) -> list[dict]:
     if not inputs:
         raise SystemExit("--do_train false: nothing to do; give --predict_file FILE and / or --text TEXT")
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     return write_predictions(settings, model_dir, inputs, "cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -60,6 +60,8 @@ def window_around_aspect(tokenizer, text: str, start: int, end: int, max_length:
     offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
     inside = [t for t, (a, b) in enumerate(offsets) if a < end and b > start]
+    if not inside:
+        raise DataError(file, f"the aspect {text[start:end]!r} maps to no token", row=row, field="aspect")
     first, last = inside[0], inside[-1]
     if last - first + 1 > budget:
         raise DataError(file, f"the aspect {text[start:end]!r} needs {last - first + 1} tokens, more than "

@@ -187,8 +187,11 @@ def make_dataloaders(features, collator, settings: LoopSettings) -> dict[str, Da
         if split == "train":
             sampler = EpochSeededSampler(lengths, settings.per_device_batch_size, settings.seed,
                                          settings.group_by_length)
+            # Its own generator: otherwise every new iterator draws a seed from the global RNG, and a resumed
+            # run's dropout masks would drift from the uninterrupted run's.
             loaders[split] = DataLoader(dataset, batch_size=settings.per_device_batch_size, sampler=sampler,
-                                        collate_fn=collator, num_workers=settings.num_workers)
+                                        collate_fn=collator, num_workers=settings.num_workers,
+                                        generator=torch.Generator().manual_seed(settings.seed))
         else:  # evaluation order does not matter to metrics; sorting by length saves padding
             loaders[split] = DataLoader(dataset.select(np.argsort(lengths, kind="stable")),
                                         batch_size=settings.eval_batch_size, collate_fn=collator,
@@ -322,8 +325,8 @@ def fit(accelerator: Accelerator, model, optimizer, scheduler, train_loader, eva
     `compute_metrics(logits, labels) -> dict` turns gathered validation outputs into metrics (loss included).
     """
     output_dir = Path(settings.output_dir)
-    state = RunState()
     stopping = EarlyStopping(settings.metric_for_best_model, settings.early_stopping_patience)
+    state = RunState(stopping=stopping.state_dict())
     accelerator.register_for_checkpointing(state)
     if settings.resume_from_checkpoint:
         accelerator.load_state(settings.resume_from_checkpoint)

@@ -22,6 +22,7 @@ autocast where the hardware computes bf16 natively (see `resolve_dtype`). Result
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -272,6 +273,21 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def label_names_of(model) -> list[str]:
     config = model.config
     return [config.id2label[i] for i in range(config.num_labels)]
+
+
+def read_label_names(folder: str | Path) -> list[str]:
+    """The class names of an ABSA model folder, from its config.json alone (to read data before loading weights)."""
+    config_file = Path(folder) / "config.json"
+    if not Path(folder).is_dir():
+        raise SystemExit(f"{folder}: no such model folder")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    if "absa_pooling" not in config or "id2label" not in config:
+        raise SystemExit(f"{folder}: not an ABSA model folder (no config.json with 'absa_pooling' and 'id2label'); "
+                         "give the output of finetune_absa.py (its best_model folder)")
+    return [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
 
 
 def load_absa_model(folder: str | Path) -> tuple[AbsaClassifier, object]:

@@ -186,6 +186,16 @@ def test_aspect_longer_than_the_window_is_an_error(tokenizers, family):
     assert "max_length=8" in message and aspect in message
 
 
+@pytest.mark.parametrize("words", [3, 200], ids=["short", "windowed"])
+def test_aspect_that_maps_to_no_token_is_an_error(tokenizers, words):
+    text = " ".join(FILLER[i % len(FILLER)] for i in range(words)) + " \u200b " + " ".join(FILLER)
+    start = text.index("\u200b")  # a zero-width space: not blank for str.strip, but no token covers it
+    with pytest.raises(DataError) as info:
+        encode_aspect_batch({"text": [text], "start": [start], "end": [start + 1]}, [6], tokenizers["bert"], 32,
+                            split="test")
+    assert str(info.value).startswith("test, row 7, field 'aspect'") and "maps to no token" in str(info.value)
+
+
 # --------------------------------------------------------------------------- whole splits and padding
 
 

@@ -1,0 +1,244 @@
+"""The TD-BERT-style ABSA model (absa/model.py) on every encoder family, with both poolings."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+import tiny_models
+import torch
+from safetensors.torch import load_file
+
+from absa.aspects import AspectCollator, encode_absa_splits
+from absa.data import DEFAULT_LABELS
+from absa.model import POOLINGS, WEIGHTS_NAME, AbsaClassifier, load_tokenizer, resolve_model_path
+
+FAMILIES = tiny_models.FAMILIES
+EXAMPLES = [
+    ("The screen is gorgeous, but the battery dies fast.", "battery", 0),
+    ("The operating system boots in under ten seconds.", "operating system", 2),
+    ("Bad fan.", "fan", 0),
+    ("The Größe of the portions surprised us.", "Größe", 1),
+]
+
+
+@pytest.fixture(scope="module")
+def batches(tiny_model_dirs) -> dict[str, dict]:
+    """family -> one padded batch of EXAMPLES, built by the real pipeline (encode_absa_splits + AspectCollator)."""
+    rows = [{"text": t, "aspect": a, "start": t.index(a), "end": t.index(a) + len(a), "label": y}
+            for t, a, y in EXAMPLES]
+    result = {}
+    for family, folder in tiny_model_dirs.items():
+        tokenizer = load_tokenizer(str(folder))
+        encoded = encode_absa_splits(datasets.Dataset.from_list(rows), tokenizer, max_length=64)
+        result[family] = AspectCollator(tokenizer)([encoded[i] for i in range(len(encoded))])
+    return result
+
+
+def new_model(folder, pooling="max", labels=DEFAULT_LABELS) -> AbsaClassifier:
+    torch.manual_seed(0)
+    return AbsaClassifier.from_encoder(str(folder), labels, pooling=pooling)
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dirs) -> dict[str, AbsaClassifier]:
+    """family -> a model from from_encoder, loaded once; tests take copies (loading is most of their time)."""
+    return {family: new_model(folder) for family, folder in tiny_model_dirs.items()}
+
+
+def copy_of(loaded, family, pooling="max") -> AbsaClassifier:
+    model = copy.deepcopy(loaded[family])
+    model.pooling = model.config.absa_pooling = pooling
+    return model
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_forward_backward_every_parameter_gets_a_gradient(loaded, batches, family, pooling):
+    model = copy_of(loaded, family, pooling)
+    model.train()
+    batch = batches[family]
+    assert model.pooling == pooling and model.config.absa_pooling == pooling
+    out = model(**batch)
+    assert out.logits.shape == (len(EXAMPLES), 3)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    out.loss.backward()
+    names = [name for name, _ in model.named_parameters()]
+    assert not [n for n in names if "pooler" in n], "the unused pooler would get no gradient (DDP refuses that)"
+    without = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert without == [], f"parameters without gradient: {without}"
+    assert all(p.requires_grad for p in model.parameters())
+    grads = dict(model.named_parameters())
+    assert grads["classifier.weight"].grad.abs().sum() > 0 and grads["classifier.bias"].grad.abs().sum() > 0
+    encoder_grads = [p.grad.abs().sum() for n, p in model.named_parameters() if n.startswith("encoder.")]
+    assert len(encoder_grads) > 10 and sum(g > 0 for g in encoder_grads) > len(encoder_grads) // 2
+    # the word embeddings of the aspect tokens do get a gradient
+    embeddings = model.encoder.get_input_embeddings().weight.grad
+    aspect_ids = batch["input_ids"][batch["aspect_mask"]].unique()
+    assert embeddings[aspect_ids].abs().sum(dim=1).gt(0).all()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pooling_is_max_or_mean_over_the_aspect_tokens(loaded, batches, family):
+    model = copy_of(loaded, family, "max").eval()
+    batch = batches[family]
+    with torch.no_grad():
+        hidden = model.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        logits_max = model(**batch).logits
+        model.pooling = "mean"
+        logits_mean = model(**batch).logits
+    mask = batch["aspect_mask"]
+    expected_max = torch.stack([hidden[i][mask[i]].max(dim=0).values for i in range(len(mask))])
+    expected_mean = torch.stack([hidden[i][mask[i]].mean(dim=0) for i in range(len(mask))])
+    torch.testing.assert_close(logits_max, model.classifier(expected_max))
+    torch.testing.assert_close(logits_mean, model.classifier(expected_mean))
+    assert not torch.allclose(logits_max, logits_mean, atol=1e-4)
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pooling_really_uses_the_aspect(loaded, batches, family, pooling):
+    model = copy_of(loaded, family, pooling).eval()
+    batch = dict(batches[family])
+    with torch.no_grad():
+        before = model(**batch).logits
+        other = torch.zeros_like(batch["aspect_mask"])
+        other[:, 1] = True  # the first real token instead of the aspect; nothing else changes
+        assert not torch.equal(other, batch["aspect_mask"])
+        after = model(**{**batch, "aspect_mask": other}).logits
+    changed = [not torch.allclose(before[i], after[i], atol=1e-5) for i in range(len(EXAMPLES))]
+    assert all(changed), changed
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_save_and_reload_gives_identical_logits(loaded, batches, tmp_path, family, pooling):
+    model = copy_of(loaded, family, pooling).eval()
+    batch = batches[family]
+    with torch.no_grad():
+        logits = model(**batch).logits
+    folder = tmp_path / "best_model"
+    model.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
+    assert config["label2id"] == {"negative": 0, "neutral": 1, "positive": 2}
+    assert config["absa_pooling"] == pooling
+    assert config["architectures"] == ["AbsaClassifier"]
+    assert config["model_type"] == family
+    reloaded = AbsaClassifier.from_pretrained(folder).eval()
+    assert reloaded.pooling == pooling and reloaded.config.id2label == dict(enumerate(DEFAULT_LABELS))
+    with torch.no_grad():
+        again = reloaded(**batch).logits
+    assert torch.equal(logits, again)
+    assert not [k for k in load_file(folder / WEIGHTS_NAME) if "pooler" in k]
+
+
+def test_custom_labels_and_pooling_survive_a_reload(tiny_model_dirs, batches, tmp_path):
+    labels = ("against", "neither", "in favor", "off topic")
+    model = new_model(tiny_model_dirs["deberta-v2"], "mean", labels=labels).eval()
+    assert model.config.absa_pooling == "mean" and model.config.num_labels == 4
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batches["deberta-v2"].items() if k != "labels"}).logits
+    assert logits.shape == (len(EXAMPLES), 4)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["id2label"] == {"0": "against", "1": "neither", "2": "in favor", "3": "off topic"}
+    assert config["label2id"] == {"against": 0, "neither": 1, "in favor": 2, "off topic": 3}
+    assert config["absa_pooling"] == "mean"
+    reloaded = AbsaClassifier.from_pretrained(tmp_path).eval()
+    assert reloaded.pooling == "mean"
+    with torch.no_grad():
+        assert torch.equal(reloaded(**{k: v for k, v in batches["deberta-v2"].items() if k != "labels"}).logits,
+                           logits)
+
+
+def test_save_pretrained_options(loaded, batches, tmp_path):
+    model = copy_of(loaded, "bert").eval()
+    model.save_pretrained(tmp_path / "not_main", is_main_process=False)
+    assert not (tmp_path / "not_main").exists()
+    # an explicit state dict (what FSDP's accelerator.get_state_dict returns) is what gets written
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["classifier.bias"] = torch.tensor([1.0, 2.0, 3.0])
+    model.save_pretrained(tmp_path / "explicit", state_dict=state)
+    reloaded = AbsaClassifier.from_pretrained(tmp_path / "explicit")
+    assert reloaded.classifier.bias.tolist() == [1.0, 2.0, 3.0]
+    half = AbsaClassifier.from_pretrained(tmp_path / "explicit", torch_dtype=torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+
+
+def test_from_pretrained_of_a_plain_encoder_folder(tiny_model_dirs, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        AbsaClassifier.from_pretrained(tiny_model_dirs["bert"])
+    message = str(info.value)
+    assert str(tiny_model_dirs["bert"]) in message and "not an ABSA model" in message
+    with pytest.raises(SystemExit, match="not an ABSA model"):
+        AbsaClassifier.from_pretrained(tmp_path / "does-not-exist")
+
+
+@pytest.mark.parametrize("name", ["no-such-org/no-such-model", "/no/such/model/folder"])
+def test_unknown_model_path(name):
+    for load in (lambda: AbsaClassifier.from_encoder(name, DEFAULT_LABELS), lambda: load_tokenizer(name)):
+        with pytest.raises(SystemExit) as info:
+            load()
+        message = str(info.value)
+        assert message.startswith(name) and "not a local folder" in message and "Hugging Face Hub" in message
+        assert "Offline?" in message and "embedded-minilm" in message
+
+
+def test_folder_that_holds_no_model(tmp_path):
+    (tmp_path / "notes.txt").write_text("nothing here")
+    with pytest.raises(SystemExit) as info:
+        AbsaClassifier.from_encoder(str(tmp_path), DEFAULT_LABELS)
+    assert str(info.value).startswith(str(tmp_path)) and "cannot load a model from this folder" in str(info.value)
+    with pytest.raises(SystemExit, match="cannot load a model from this folder"):
+        load_tokenizer(str(tmp_path))
+
+
+def test_bad_pooling(tiny_model_dirs):
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        AbsaClassifier.from_encoder(str(tiny_model_dirs["bert"]), DEFAULT_LABELS, pooling="cls")
+
+
+def test_resolve_model_path():
+    folder = Path(resolve_model_path("embedded-minilm"))
+    assert folder.is_dir() and (folder / "config.json").is_file()
+    assert resolve_model_path("bert-base-uncased") == "bert-base-uncased"
+    assert resolve_model_path("/some/folder") == "/some/folder"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_no_split_modules_name_the_encoder_layers(loaded, family):
+    """FSDP's transformer auto-wrap reads _no_split_modules; every family must name classes that exist."""
+    model = copy_of(loaded, family)
+    classes = {type(module).__name__ for module in model.modules()}
+    assert model._no_split_modules
+    assert set(model._no_split_modules) <= classes
+    layer_class = type(model.encoder.encoder.layer[0]).__name__
+    assert layer_class in model._no_split_modules
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gradient_checkpointing(loaded, batches, family):
+    model = copy_of(loaded, family, "mean")
+    model.train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model(**batches[family]).loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_real_embedded_minilm():
+    tokenizer = load_tokenizer("embedded-minilm")
+    model = AbsaClassifier.from_encoder("embedded-minilm", DEFAULT_LABELS, pooling="max").eval()
+    assert model.config.model_type == "bert" and model.config.hidden_size == 384
+    rows = [{"text": t, "aspect": a, "start": t.index(a), "end": t.index(a) + len(a), "label": y}
+            for t, a, y in EXAMPLES[:2]]
+    encoded = encode_absa_splits(datasets.Dataset.from_list(rows), tokenizer, max_length=128)
+    batch = AspectCollator(tokenizer, pad_to_multiple_of=8)([encoded[0], encoded[1]])
+    assert tokenizer.convert_ids_to_tokens(batch["input_ids"][1][batch["aspect_mask"][1]]) == ["operating", "system"]
+    with torch.no_grad():
+        out = model(**batch)
+    assert out.logits.shape == (2, 3) and torch.isfinite(out.logits).all() and torch.isfinite(out.loss)
