@@ -12,20 +12,17 @@ Reads top to bottom: settings, data, model, optimizer, loop (absa/loop.py), test
 from __future__ import annotations
 
 import dataclasses
-import platform
 import time
 from dataclasses import dataclass, field
 
-import accelerate
 import datasets
-import torch
 import transformers
 
 from absa.aspects import AspectCollator, encode_absa_splits
 from absa.data import DEFAULT_LABELS, load_absa_splits
 from absa.loop import (BEST_MODEL, LoopSettings, check_settings, clear_output_dir, fit, make_accelerator,
                        make_dataloaders, make_optimizer, make_scheduler, parse_settings, predict,
-                       prepare_output_dir, run_for_seeds)
+                       prepare_output_dir, run_for_seeds, run_summary)
 from absa.metrics import single_label_metrics
 from absa.model import POOLINGS, AbsaClassifier, load_tokenizer
 from absa.reports import plot_confusion_matrix, plot_curves, write_json
@@ -101,21 +98,8 @@ def main(settings: Settings) -> dict:
     test_split = "test" if "test" in loaders else "validation"
     test = compute_metrics(*predict(accelerator, best_model, test_loader))
 
-    best_row = next(row for row in state.history if row["step"] == state.stopping["best_step"])
-    results = {
-        "test_split": test_split,
-        "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"], "test": test,
-        "best_step": best_row["step"], "best_epoch": best_row["epoch"] + 1, "best_validation": best_row,
-        "epochs_run": state.epoch if state.batches_in_epoch == 0 else state.epoch + 1,
-        "optimizer_steps": state.global_step,
-        "train_samples_per_second": state.train_samples / max(state.train_seconds, 1e-9),
-        "train_seconds": state.train_seconds, "wall_seconds": time.time() - started,
-        "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
-        "validation_history": state.history, "settings": dataclasses.asdict(settings),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "accelerate": accelerate.__version__,
-                     "datasets": datasets.__version__},
-    }
+    results = {"test_split": test_split, "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
+               "test": test, **run_summary(accelerator, state, settings, started)}
     if accelerator.is_main_process:
         write_json(output_dir / "results.json", results)
         plot_confusion_matrix(test["confusion_matrix"], settings.label_names, output_dir / "confusion_matrix.png")

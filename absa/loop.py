@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import platform
 import shutil
 import sys
 import time
@@ -26,7 +27,7 @@ from transformers import HfArgumentParser, get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from .launch import check_distributed_setup
-from .metrics import LOWER_IS_BETTER, is_better, scalar_metrics
+from .metrics import is_better, scalar_metrics
 from .reports import recover_folder, replace_folder, summarize_seeds, write_json, write_jsonl
 
 logger = logging.getLogger(__name__)
@@ -427,3 +428,24 @@ def run_for_seeds(main, settings: LoopSettings, keys) -> list[dict]:
             print(f"{key}: mean {values['mean']:.4f} (min {values['min']:.4f}, max {values['max']:.4f}) over seeds "
                   f"{settings.seeds}")
     return runs
+
+
+def run_summary(accelerator: Accelerator, state: RunState, settings: LoopSettings, started: float) -> dict:
+    """The fields of results.json every script shares: model selection, progress, speed, settings, versions."""
+    import accelerate
+    import datasets
+    import transformers
+
+    best_row = next(row for row in state.history if row["step"] == state.stopping["best_step"])
+    return {
+        "best_step": best_row["step"], "best_epoch": best_row["epoch"] + 1, "best_validation": best_row,
+        "epochs_run": state.epoch if state.batches_in_epoch == 0 else state.epoch + 1,
+        "optimizer_steps": state.global_step,
+        "train_samples_per_second": state.train_samples / max(state.train_seconds, 1e-9),
+        "train_seconds": state.train_seconds, "wall_seconds": time.time() - started,
+        "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+        "validation_history": state.history, "settings": asdict(settings),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__, "accelerate": accelerate.__version__,
+                     "datasets": datasets.__version__},
+    }

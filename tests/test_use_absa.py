@@ -95,8 +95,10 @@ def direct_probabilities(folder, spans) -> np.ndarray:
     rows = []
     with torch.no_grad():
         for text, start, end in spans:
-            encoding = tokenizer(text, return_tensors="pt")
-            tokens = sorted({encoding.char_to_token(0, c) for c in range(start, end)} - {None})
+            encoding = tokenizer(text, return_tensors="pt", return_offsets_mapping=True)
+            # Every token whose characters overlap the aspect's (the rule of absa.aspects).
+            tokens = [t for t, (a, b) in enumerate(encoding.pop("offset_mapping")[0].tolist())
+                      if a < b and a < end and b > start]
             aspect_mask = torch.zeros_like(encoding["input_ids"], dtype=torch.bool)
             aspect_mask[0, tokens] = True
             logits = model(input_ids=encoding["input_ids"], attention_mask=encoding["attention_mask"],
