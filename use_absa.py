@@ -7,7 +7,8 @@
     ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 use_absa.py predict ...      # several CPU processes
     accelerate launch --config_file accelerate_configs/base.yaml --num_processes 4 use_absa.py evaluate ...
 
-Reads top to bottom: arguments, then each mode as model -> data -> predict -> write. `evaluate` and `predict
+Reads top to bottom: arguments, then each mode as data -> model -> predict -> write (input problems show before a
+model loads). `evaluate` and `predict
 --input` share the inputs between processes through a prepared DataLoader and collect the outputs with
 `gather_for_metrics` (absa.loop.predict), so N inputs give exactly N outputs in input order on any number of
 processes; only the main process prints and writes. `predict --text` is a handful of inputs: it runs on the main
@@ -39,9 +40,10 @@ from absa.files import DataError, read_rows
 from absa.launch import check_distributed_setup
 from absa.loop import predict as gather_logits
 from absa.metrics import single_label_metrics
-from absa.predict import (DTYPES, MARK_END, MARK_START, AbsaPredictor, AspectError, autocast, default_max_length,
-                          encode_spans, in_input_order, label_names_of, length_sorted_loader, load_absa_model,
-                          parse_marked_text, read_label_names, resolve_aspect, resolve_dtype, softmax)
+from absa.predict import (DTYPES, MARK_END, MARK_START, AbsaPredictor, AspectError, AspectSpan, autocast,
+                          default_max_length, encode_spans, in_input_order, label_names_of, length_sorted_loader,
+                          load_absa_model, parse_marked_text, read_label_names, resolve_aspect, resolve_dtype,
+                          softmax)
 from absa.reports import plot_confusion_matrix, write_atomically, write_json, write_jsonl
 
 OUTPUT_TYPES = (".jsonl", ".csv", ".tsv")
@@ -229,7 +231,7 @@ def evaluate(args) -> dict:
 
     # Predict: every process tokenizes all rows (cheap) and runs its share of the batches.
     started = time.perf_counter()
-    spans = [resolve_aspect(row["text"], start=row["start"], end=row["end"]) for row in rows]
+    spans = [AspectSpan(row["text"], row["start"], row["end"]) for row in rows]  # offsets checked by absa.data
     features = encode_spans(tokenizer, spans, max_length, labels=[row["label"] for row in rows], source=where)
     logits, labels = run_sharded(accelerator, model, tokenizer, features, args.batch_size, dtype)
     facts = run_facts(accelerator, dtype, len(logits), time.perf_counter() - started)
@@ -237,7 +239,7 @@ def evaluate(args) -> dict:
     # Write: metrics are computed from the gathered outputs of all processes, on the main process.
     metrics = single_label_metrics(logits, labels, label_names)
     results = {"model": str(args.model), "data": where, "split": split_name, "label_names": label_names,
-               "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], **metrics, **facts,
+               **metrics, **facts,
                "batch_size": args.batch_size, "max_length": max_length,
                "versions": {"python": platform.python_version(), "torch": torch.__version__,
                             "transformers": transformers.__version__, "accelerate": accelerate.__version__}}
@@ -273,9 +275,9 @@ def read_split(args, label_names) -> tuple[list[dict], str]:
 
 def metrics_report(metrics: dict, label_names) -> str:
     width = max(12, *(len(name) + 2 for name in label_names))
-    lines = [f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   "
-             f"(macro precision {metrics['macro_precision']:.4f}, recall {metrics['macro_recall']:.4f}; "
-             f"loss {metrics['loss']:.4f})", "",
+    lines = [(f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   "
+              f"(macro precision {metrics['macro_precision']:.4f}, recall {metrics['macro_recall']:.4f}; "
+              f"loss {metrics['loss']:.4f})"), "",
              f"{'':{width}}{'precision':>10}{'recall':>10}{'f1-score':>10}{'support':>10}"]
     for name in label_names:
         row = metrics["per_class"][name]
@@ -324,10 +326,10 @@ def spans_of_rows(rows, file) -> list:
     for label, row in rows:
         try:
             span = resolve_aspect(row.get("text"), row.get("aspect"), row.get("start"), row.get("end"),
-                                  _whole_number(row.get("occurrence")))
+                                  row.get("occurrence"))
         except AspectError as error:
             raise DataError(file, str(error), row=label, field=error.field) from None
-        if span.occurrences > 1 and _whole_number(row.get("occurrence")) is None:
+        if span.ambiguous:
             ambiguous.append(label)
         spans.append(span)
     if ambiguous and PartialState().is_main_process:
@@ -335,15 +337,6 @@ def spans_of_rows(rows, file) -> list:
               "the first occurrence was used (add start/end or an `occurrence` column, or mark the aspect)",
               file=sys.stderr)
     return spans
-
-
-def _whole_number(value):
-    if value is None or (isinstance(value, float) and value != value) or (isinstance(value, str) and not value.strip()):
-        return None
-    try:
-        return int(float(value))
-    except ValueError:
-        raise AspectError(f"occurrence must be a whole number, got {value!r}", "occurrence") from None
 
 
 def prediction_row(row: dict, span, label_names, probabilities) -> dict:
@@ -408,14 +401,14 @@ def spans_of_command_line(texts: list[str], aspects: list[str], occurrence: int 
         try:
             clean, marked = parse_marked_text(text)
             if marked:
-                spans += [resolve_aspect(clean, start=start, end=end) for start, end in marked]
+                spans += [AspectSpan(clean, start, end) for start, end in marked]
                 continue
             marked_only = False
             if not aspects:
-                raise AspectError(f"no aspect: give --aspect, or mark aspects in the text as {MARK_START}...{MARK_END}")
+                raise AspectError(f"no aspect: give --aspect, or mark aspects as {MARK_START}...{MARK_END}")
             for aspect in aspects:
                 span = resolve_aspect(clean, aspect, occurrence=occurrence)
-                if span.occurrences > 1 and occurrence is None:
+                if span.ambiguous:
                     print(f"note: {aspect!r} occurs {span.occurrences} times in {where}; classifying the first "
                           f"(choose with --occurrence N, or mark it as {MARK_START}{aspect}{MARK_END})",
                           file=sys.stderr)

@@ -101,12 +101,17 @@ def find_occurrences(text: str, aspect: str) -> list[tuple[int, int]]:
 
 @dataclass(frozen=True)
 class AspectSpan:
-    """One aspect placed in its text (the text without markers); `occurrences` > 1 when the choice was ambiguous."""
+    """One aspect placed in its text (the text without markers).
+
+    `occurrences`: how often the searched aspect occurs in the text; `ambiguous`: several, and no occurrence was
+    asked for, so the first was taken (worth telling the user).
+    """
 
     text: str
     start: int
     end: int
     occurrences: int = 1
+    ambiguous: bool = False
 
     @property
     def aspect(self) -> str:
@@ -123,18 +128,15 @@ def resolve_aspect(text: str, aspect: str | None = None, start=None, end=None,
     if _is_missing(text) or not str(text).strip():
         raise AspectError("the text is missing or empty", "text")
     clean, marked = parse_marked_text(str(text))
-    aspect = None if _is_missing(aspect) or not str(aspect).strip() else str(aspect).strip()
-    if occurrence is not None and int(occurrence) < 1:
+    aspect = None if _is_missing(aspect) else str(aspect).strip()
+    occurrence = None if _is_missing(occurrence) else _whole_number(occurrence, "occurrence")
+    if occurrence is not None and occurrence < 1:
         raise AspectError(f"occurrence counts from 1, got {occurrence}", "occurrence")
     if not (_is_missing(start) and _is_missing(end)):
         if marked:
             raise AspectError("give the aspect either with [B-ASP]...[E-ASP] markers or with start/end, not both",
                               "start")
-        try:
-            start, end = int(start), int(end)
-        except (TypeError, ValueError):
-            raise AspectError(f"start and end must be whole numbers, got start={start!r} end={end!r}",
-                              "start") from None
+        start, end = _whole_number(start, "start"), _whole_number(end, "start")
         if not 0 <= start < end <= len(clean):
             raise AspectError(f"the offsets {start}:{end} are outside the text ({len(clean)} characters)", "start")
         if aspect is not None and clean[start:end].strip() != aspect:
@@ -152,13 +154,25 @@ def resolve_aspect(text: str, aspect: str | None = None, start=None, end=None,
         if not chosen:
             raise AspectError(f"the aspect {aspect!r} is not one of the marked aspects "
                               f"({', '.join(repr(clean[s:e]) for s, e in marked)})")
-        return AspectSpan(clean, *_nth(chosen, occurrence, aspect), occurrences=len(chosen))
+        return AspectSpan(clean, *_nth(chosen, occurrence, aspect), len(chosen), len(chosen) > 1 and not occurrence)
     if aspect is None:
         raise AspectError("no aspect: give the aspect, or mark it in the text with [B-ASP]...[E-ASP]")
     found = find_occurrences(clean, aspect)
     if not found:
         raise AspectError(f"the aspect {aspect!r} does not occur in the text {_shorten(clean)!r}")
-    return AspectSpan(clean, *_nth(found, occurrence, aspect), occurrences=len(found))
+    return AspectSpan(clean, *_nth(found, occurrence, aspect), len(found), len(found) > 1 and not occurrence)
+
+
+def _whole_number(value, field: str) -> int:
+    """An offset or occurrence from JSON, CSV ("4", or "4.0" when pandas wrote a column with gaps) or Parquet."""
+    try:
+        number = float(value)
+        if number.is_integer():
+            return int(number)
+    except (TypeError, ValueError):
+        pass
+    what = "start and end must be whole numbers" if field == "start" else f"{field} must be a whole number"
+    raise AspectError(f"{what}, got {value!r}", field)
 
 
 def _nth(spans, occurrence, aspect):
@@ -331,7 +345,7 @@ class AbsaPredictor:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device=None, batch_size: int = 64, dtype=None,
-                        max_length: int | None = None) -> "AbsaPredictor":
+                        max_length: int | None = None) -> AbsaPredictor:
         """Load model and tokenizer once; device None = CUDA when available; dtype None = "auto"."""
         model, tokenizer = load_absa_model(folder)
         return cls(model, tokenizer, device=device, batch_size=batch_size, dtype=dtype, max_length=max_length)
@@ -354,7 +368,6 @@ class AbsaPredictor:
                 raise AspectError(f"input {i + 1}: {error}", error.field) from None
         return spans
 
-    @torch.inference_mode()
     def predict_probabilities(self, texts, aspects=None, starts=None, ends=None,
                               occurrence: int | None = None) -> np.ndarray:
         return softmax(self._logits(self.spans(texts, aspects, starts, ends, occurrence)))

@@ -47,6 +47,20 @@ EXTRA_SPANS = [(SCREEN_TWICE, SCREEN_TWICE.rindex("screen"), SCREEN_TWICE.rindex
                ("Battery life is great, the touchscreen less so.", 0, 12)]
 
 
+@pytest.fixture(autouse=True)
+def plain_single_process(monkeypatch):
+    """In-process runs start as one plain process with fresh Accelerate singletons, and leave them fresh."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    for name in LAUNCH_VARS:
+        monkeypatch.delenv(name, raising=False)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
 def build_absa_model(encoder_dir: Path, folder: Path) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -210,7 +224,7 @@ def test_resolve_aspect_occurrences():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_api_matches_forward_pass_for_every_family(absa_dirs, input_spans, family):
-    spans = input_spans[:12]
+    spans = input_spans[:8]
     texts, starts, ends = ([s[i] for s in spans] for i in range(3))
     direct = direct_probabilities(absa_dirs[family], spans)
     predictor = AbsaPredictor.from_pretrained(absa_dirs[family], device="cpu", batch_size=5, dtype="fp32")
@@ -271,8 +285,16 @@ def test_predict_csv_in_process(model_dir, input_rows, input_spans, expected, tm
     rows = pd.read_csv(output, keep_default_na=False).to_dict("records")
     check_against_expected(rows, input_rows, input_spans, expected)
     assert list(rows[0])[-4:] == ["predicted_label", "prob_negative", "prob_neutral", "prob_positive"]
-    assert "note:" in capsys.readouterr().err  # "screen" occurs twice in one row without an occurrence: said so
     assert [p.name for p in output.parent.iterdir()] == ["predictions.csv"]  # no temporary files left
+
+    # A repeated aspect without offsets or occurrence: the first one, and a note saying so.
+    ambiguous = tmp_path / "ambiguous.jsonl"
+    ambiguous.write_text(json.dumps({"text": SCREEN_TWICE, "aspect": "screen"}) + "\n")
+    capsys.readouterr()
+    use_absa.main(["predict", str(model_dir), "--input", str(ambiguous), "--output", str(tmp_path / "a.jsonl"),
+                   "--dtype", "fp32"])
+    assert read_jsonl(tmp_path / "a.jsonl")[0]["start"] == 4
+    assert "ambiguous.jsonl: in 1 row(s) (first: line 1) the aspect occurs more than once" in capsys.readouterr().err
 
 
 def test_evaluate_writes_json_and_png(model_dir, tmp_path, capsys):
@@ -382,7 +404,8 @@ def test_existing_output_needs_overwrite(model_dir, input_jsonl, tmp_path, monke
     import absa.reports
     written = []
     original = absa.reports.write_atomically
-    monkeypatch.setattr(absa.reports, "write_atomically", lambda path, text: written.append(path) or original(path, text))
+    monkeypatch.setattr(absa.reports, "write_atomically",
+                        lambda path, text: written.append(path) or original(path, text))
     use_absa.main([str(a) for a in argv + ["--overwrite"]])
     assert written == [output] and len(read_jsonl(output)) == 23
 
