@@ -307,6 +307,8 @@ def prediction_inputs(settings: Settings, text_columns) -> list[tuple[str, list[
         raise SystemExit(f"--text_pair: {len(settings.text_pair)} given for {len(settings.text)} --text")
     if settings.text and text_columns and len(text_columns) == 2 and not settings.text_pair:
         raise SystemExit("this model reads sentence pairs: give a --text_pair for each --text")
+    if settings.text_pair and text_columns and len(text_columns) == 1:
+        raise SystemExit("this model reads single texts: --text_pair has no place to go")
     for i, text in enumerate(settings.text):
         inputs.append((f"--text {i + 1}", [text, settings.text_pair[i]] if settings.text_pair else [text]))
     return inputs

@@ -35,7 +35,7 @@ import transformers
 from accelerate import Accelerator, PartialState
 
 from absa.aspects import AspectCollator
-from absa.data import _read_absa_file, load_absa_splits
+from absa.data import read_absa_file, load_absa_splits
 from absa.files import DataError, read_rows
 from absa.launch import check_distributed_setup
 from absa.loop import predict as gather_logits
@@ -261,7 +261,7 @@ def read_split(args, label_names) -> tuple[list[dict], str]:
     if single:
         # One file is the whole split. load_absa_splits would take it as a train split and carve a validation
         # share off it (absa.data has no public one-file reader yet).
-        return _read_absa_file(single, label_names), str(single)
+        return read_absa_file(single, label_names), str(single)
     if not args.dataset:
         raise SystemExit(f"evaluate needs --dataset (a folder, file or Hub name) or --{args.split}_file")
     splits = load_absa_splits(args.dataset, train_file=args.train_file, validation_file=args.validation_file,

@@ -8,6 +8,7 @@ PyABSA (`.raw` / `.seg` / `.txt`: sentence with `$T$`, aspect, polarity).
 from __future__ import annotations
 
 import logging
+import re
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def load_absa_splits(source: str | None = "yqzheng/semeval2014_laptops", *, trai
     if files:
         if "train" not in files:
             raise DataError(next(iter(files.values())), "a train file is needed as well")
-        splits = {split: _read_absa_file(path, label_names) for split, path in files.items()}
+        splits = {split: read_absa_file(path, label_names) for split, path in files.items()}
     elif source:
         splits = {split: _normalise_rows(((f"row {i + 1}", row) for i, row in enumerate(rows)),
                                          f"{source} [{split}]", label_names)
@@ -65,7 +66,8 @@ def load_absa_splits(source: str | None = "yqzheng/semeval2014_laptops", *, trai
     return carve_validation(result, validation_fraction, seed)
 
 
-def _read_absa_file(path, label_names) -> list[dict]:
+def read_absa_file(path, label_names=DEFAULT_LABELS) -> list[dict]:
+    """Checked rows (text, aspect, start, end, label index) of one file in any of the supported formats."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in XML_SUFFIXES:
@@ -106,10 +108,10 @@ def _normalise_row(record: dict, file, row_label, label_names) -> dict | None:
                         f"{' or -1 / 0 / 1' if len(label_names) == 3 else ''})", row=row_label, field="label")
     start, end = record.get("start"), record.get("end")
     if _is_missing(start) and _is_missing(end):
-        start = text.find(aspect)
-        if start < 0:
+        found = find_occurrences(text, aspect, ignore_case=False)  # training data: the aspect as written
+        if not found:
             raise DataError(file, f"the aspect {aspect!r} does not occur in the text", row=row_label, field="aspect")
-        end = start + len(aspect)
+        start, end = found[0]
     else:
         try:
             start, end = int(start), int(end)
@@ -120,6 +122,22 @@ def _normalise_row(record: dict, file, row_label, label_names) -> dict | None:
             raise DataError(file, f"the offsets {start}:{end} give {text[start:end]!r}, not the aspect {aspect!r}",
                             row=row_label, field="start")
     return {"text": text, "aspect": aspect, "start": start, "end": end, "label": label}
+
+
+def find_occurrences(text: str, aspect: str, ignore_case: bool = True) -> list[tuple[int, int]]:
+    """(start, end) of every occurrence of `aspect` in `text`, of the best kind found: whole words with the same
+    case, then whole words in any case, then inside words ("screen" in "touchscreen" only as a last resort)."""
+    aspect = aspect.strip()
+    if not aspect:
+        return []
+    escaped = re.escape(aspect)
+    whole_word = rf"(?<!\w){escaped}(?!\w)"
+    kinds = ((whole_word, 0), (whole_word, re.IGNORECASE), (escaped, 0), (escaped, re.IGNORECASE))
+    for pattern, flags in kinds if ignore_case else kinds[::2]:
+        found = [match.span() for match in re.finditer(pattern, text, flags)]
+        if found:
+            return found
+    return []
 
 
 def _is_missing(value) -> bool:

@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .aspects import AspectCollator, encode_aspect_batch
+from .data import find_occurrences
 from .model import AbsaClassifier, load_tokenizer
 
 MARK_START, MARK_END = "[B-ASP]", "[E-ASP]"
@@ -83,20 +84,6 @@ def parse_marked_text(text: str) -> tuple[str, list[tuple[int, int]]]:
         raise AspectError(f"{MARK_START} without {MARK_END} in {_shorten(text)!r}", "text")
     clean.append(text[position:])
     return "".join(clean), spans
-
-
-def find_occurrences(text: str, aspect: str) -> list[tuple[int, int]]:
-    """(start, end) of every occurrence of `aspect` in `text`, of the best kind found (see the module doc)."""
-    aspect = aspect.strip()
-    if not aspect:
-        return []
-    escaped = re.escape(aspect)
-    whole_word = rf"(?<!\w){escaped}(?!\w)"
-    for pattern, flags in ((whole_word, 0), (whole_word, re.IGNORECASE), (escaped, 0), (escaped, re.IGNORECASE)):
-        found = [match.span() for match in re.finditer(pattern, text, flags)]
-        if found:
-            return found
-    return []
 
 
 @dataclass(frozen=True)
