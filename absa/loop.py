@@ -401,7 +401,8 @@ def fit(accelerator: Accelerator, model, optimizer, scheduler, train_loader, eva
         else:  # the epoch ran to its end
             state.train_seconds += time.perf_counter() - started - paused
             started, paused = time.perf_counter(), 0.0
-            if not settings.eval_every_steps:
+            evaluated_now = bool(state.history) and state.history[-1]["step"] == state.global_step
+            if not settings.eval_every_steps or (state.epoch + 1 == settings.num_epochs and not evaluated_now):
                 evaluate_and_select()
                 stop = accelerator.check_trigger()
             state.epoch += 1
