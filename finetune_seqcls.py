@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import accelerate
 import datasets
 import numpy as np
 import pandas as pd
@@ -36,7 +34,7 @@ from absa.files import DataError
 from absa.launch import fsdp_wrap_classes
 from absa.loop import (BEST_MODEL, LoopSettings, check_settings, clear_output_dir, fit, make_accelerator,
                        make_dataloaders, make_optimizer, make_scheduler, parse_settings, predict,
-                       prepare_output_dir, run_for_seeds)
+                       prepare_output_dir, run_for_seeds, run_summary)
 from absa.metrics import best_threshold, multi_label_metrics, regression_metrics, scalar_metrics, single_label_metrics
 from absa.model import _loading_error, load_tokenizer, resolve_model_path
 from absa.reports import plot_confusion_matrix, plot_curves, write_atomically, write_json, write_jsonl
@@ -44,7 +42,8 @@ from absa.text_data import (ALL_METRICS, LABELS, PROBLEM_TYPES, TASK_METRICS, TA
                             encode_text_splits, load_text_data, read_inputs)
 
 # What the last line prints and the curves show, per task; results.json has every metric.
-HEADLINE = {"single_label": ("accuracy", "macro_f1"), "multi_label": ("micro_f1", "macro_f1", "roc_auc", "subset_accuracy"),
+HEADLINE = {"single_label": ("accuracy", "macro_f1"),
+            "multi_label": ("micro_f1", "macro_f1", "roc_auc", "subset_accuracy"),
             "regression": ("pearson", "spearman", "mse", "rmse", "mae")}
 CURVES = {"single_label": ("loss", "accuracy", "macro_f1"), "multi_label": ("loss", "micro_f1", "macro_f1"),
           "regression": ("loss", "pearson", "spearman")}
@@ -135,8 +134,8 @@ def main(settings: Settings) -> dict:
     # Saved with the model, so a pipeline user's truncation=True cuts where training did.
     tokenizer.model_max_length = min(tokenizer.model_max_length, settings.max_length)
     splits, features = encode_text_splits(data.splits, tokenizer, tokenizer.model_max_length)
-    loaders = make_dataloaders(features, DataCollatorWithPadding(tokenizer, pad_to_multiple_of=settings.pad_to_multiple_of),
-                               settings)
+    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=settings.pad_to_multiple_of)
+    loaders = make_dataloaders(features, collator, settings)
     accelerator.print(f"task {data.task}, {len(data.label_names)} label(s), texts {'+'.join(data.text_columns)}; "
                       f"{ {split: len(rows) for split, rows in splits.items()} }")
     clear_output_dir(accelerator, output_dir, resuming=bool(settings.resume_from_checkpoint))
@@ -151,7 +150,8 @@ def main(settings: Settings) -> dict:
     scheduler = make_scheduler(optimizer, settings, train_loader, accelerator)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     if settings.report_to:
-        accelerator.init_trackers("finetune_seqcls", config={k: str(v) for k, v in dataclasses.asdict(settings).items()})
+        accelerator.init_trackers("finetune_seqcls",
+                                  config={k: str(v) for k, v in dataclasses.asdict(settings).items()})
 
     # The loop: train, evaluate on validation, keep the best model, checkpoint, stop early.
     def compute_metrics(logits, labels, threshold=settings.threshold):
@@ -177,15 +177,15 @@ def main(settings: Settings) -> dict:
         tuned = compute_metrics(logits, labels, threshold)
         if accelerator.is_main_process:
             save_threshold(best_dir, threshold)
-        accelerator.print(f"threshold tuned on validation for {metric}: {threshold} ({metric} "
-                          f"{tuned[metric]:.4f}, at {settings.threshold}: {state_best(state)[metric]:.4f})")
+        at_default = next(row for row in state.history if row["step"] == state.stopping["best_step"])[metric]
+        accelerator.print(f"threshold tuned on validation for {metric}: {threshold} ({metric} {tuned[metric]:.4f}; "
+                          f"at {settings.threshold}: {at_default:.4f})")
     test_split = "test" if "test" in loaders else "validation"
     if test_split == "validation":
         accelerator.print("no test split: the final evaluation is on validation, which also selected the model")
     logits, labels = predict(accelerator, best_model, test_loader)
     test = compute_metrics(logits, labels, threshold)
 
-    best_row = state_best(state)
     results = {
         "task": data.task, "problem_type": PROBLEM_TYPES[data.task], "label_names": data.label_names,
         "text_columns": data.text_columns, "label_columns": data.label_columns, "sources": data.sources,
@@ -193,16 +193,7 @@ def main(settings: Settings) -> dict:
         "test_split": test_split, **{f"test_{k}": v for k, v in scalar_metrics(test).items()}, "test": test,
         **({"threshold": threshold, "threshold_tuned": bool(settings.tune_threshold), "validation_at_threshold": tuned}
            if data.task == "multi_label" else {}),
-        "best_step": best_row["step"], "best_epoch": best_row["epoch"] + 1, "best_validation": best_row,
-        "epochs_run": state.epoch if state.batches_in_epoch == 0 else state.epoch + 1,
-        "optimizer_steps": state.global_step,
-        "train_samples_per_second": state.train_samples / max(state.train_seconds, 1e-9),
-        "train_seconds": state.train_seconds, "wall_seconds": time.time() - started,
-        "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
-        "validation_history": state.history, "settings": dataclasses.asdict(settings),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "accelerate": accelerate.__version__,
-                     "datasets": datasets.__version__},
+        **run_summary(accelerator, state, settings, started),
     }
     if accelerator.is_main_process:
         write_json(output_dir / "results.json", results)
@@ -214,7 +205,8 @@ def main(settings: Settings) -> dict:
         plot_curves(state.history, output_dir / "curves.png", metrics=CURVES[data.task])
         shown = ", ".join(f"{k} {test[k]:.4f}" for k in HEADLINE[data.task])
         accelerator.print(f"test ({test_split}): {shown}; best epoch {results['best_epoch']}; "
-                          f"{results['train_samples_per_second']:.1f} samples/s; results in {output_dir / 'results.json'}")
+                          f"{results['train_samples_per_second']:.1f} samples/s; "
+                          f"results in {output_dir / 'results.json'}")
         if inputs:
             write_predictions(settings, best_dir, inputs, accelerator.device)
     accelerator.wait_for_everyone()
@@ -257,10 +249,6 @@ def save_threshold(model_dir: Path, threshold: float) -> None:
     config.save_pretrained(model_dir)
 
 
-def state_best(state) -> dict:
-    return next(row for row in state.history if row["step"] == state.stopping["best_step"])
-
-
 # ----------------------------------------------------------------------------------------------- predictions
 
 
@@ -292,8 +280,9 @@ def test_prediction_rows(data: TextData, split, logits: np.ndarray, threshold: f
             gold = data.label_names[gold]
         elif data.task == "multi_label":
             gold = [name for name, value in zip(data.label_names, gold) if value]
-        rows.append({"row": record["row"], TEXT: record[TEXT], **({TEXT_PAIR: record[TEXT_PAIR]} if data.is_pair else {}),
-                     "label": gold, **format_prediction(data.task, data.label_names, row_scores, threshold)})
+        texts = {TEXT: record[TEXT], **({TEXT_PAIR: record[TEXT_PAIR]} if data.is_pair else {})}
+        rows.append({"row": record["row"], **texts, "label": gold,
+                     **format_prediction(data.task, data.label_names, row_scores, threshold)})
     return rows
 
 

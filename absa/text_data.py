@@ -464,8 +464,9 @@ def _class_id(split, row, column, kind, value, label_names) -> int:
         value = int(value)
         if str(value) in label_names:
             return label_names.index(str(value))
-        if label_names and not all(name.lstrip("-").isdigit() for name in label_names) and 0 <= value < len(label_names):
-            return value  # class ids with names given by --label_names
+        named_ids = label_names and not all(name.lstrip("-").isdigit() for name in label_names)
+        if named_ids and 0 <= value < len(label_names):
+            return value  # class ids 0..K-1 with their names given by --label_names
     elif value in label_names:
         return label_names.index(value)
     raise DataError(split.source, f"unknown label {value!r}: not among the {len(label_names)} labels of the train "

@@ -336,6 +336,9 @@ def test_predict_file_and_text_go_through_pipeline(binary_run, tmp_path, capsys)
     capsys.readouterr()
     records = run_script(["--do_train", "false", "--model_name_or_path", out / "best_model", "--text", "so awful"])
     assert json.loads(capsys.readouterr().out.strip())["prediction"] == records[0]["prediction"] == "negative"
+    with pytest.raises(SystemExit, match="single texts"):
+        run_script(["--do_train", "false", "--model_name_or_path", out / "best_model", "--text", "a",
+                    "--text_pair", "b"])
 
 
 def test_regression_text_pair_printed(regression_run, capsys):
@@ -367,6 +370,19 @@ def test_task_is_read_from_the_labels(tmp_path):
     floats = write_table(tmp_path / "floats.csv", [{"text": "a", "label": "0.5"}, {"text": "b", "label": "1"}] * 5)
     with pytest.raises(DataError, match="--task regression"):
         load_text_data(train_file=str(floats), task="single_label")
+
+
+def test_validation_carved_stratified_and_train_capped(tmp_path):
+    train = write_table(tmp_path / "train.csv", topic_rows(300, 1))
+    data = load_text_data(train_file=str(train), label_column="category", seed=7)
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 270, "validation": 30}
+    counts = np.bincount(data.splits["train"]["labels"]) / 270
+    assert np.abs(np.bincount(data.splits["validation"]["labels"]) / 30 - counts).max() < 0.05  # stratified
+    capped = [load_text_data(train_file=str(train), label_column="category", seed=7, max_train_samples=50)
+              for _ in range(2)]
+    assert len(capped[0].splits["train"]) == 45 and len(capped[0].splits["validation"]) == 5
+    assert capped[0].splits["train"]["text"] == capped[1].splits["train"]["text"]  # seeded
+    assert capped[0].label_names == sorted(TOPICS)
 
 
 def test_hub_glue_style_test_without_labels(monkeypatch):

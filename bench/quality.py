@@ -1,0 +1,167 @@
+"""Quality and wall time: the seed recipe against finetune_absa.py on Laptop14 (embedded MiniLM), several seeds.
+
+    python bench/quality.py seed --seeds 42 1 2          # Trainer, pad 100, fp32, best epoch chosen ON TEST
+    python bench/quality.py product --seeds 42 1 2       # finetune_absa.py (defaults; selects on validation)
+    python bench/quality.py product --seeds 42 1 2 -- --learning_rate 5e-5   # extra finetune_absa.py flags
+    python bench/quality.py sweep --values 1e-5 3e-5 1e-4 --flag learning_rate   # choose on VALIDATION, seed 42
+    python bench/quality.py table                         # mean and range of every group measured so far
+
+seed: the tutorial's recipe as published: transformers.Trainer on all 2328 train rows (no validation split), every
+text padded to 100 tokens, fp32, lr 1e-5, batch 16, weight decay 0.01, 100 warm-up steps, 8 epochs, the TD-BERT model
+(the product's AbsaClassifier, max pooling); it evaluates on TEST after every epoch and reports the epoch with the
+best test macro-F1 (the most favourable choice for the seed on the target metric).
+product: `python finetune_absa.py --model_name_or_path embedded-minilm --dataset <Laptop14> --seeds ...` in a
+subprocess, exactly as a user runs it; it carves 10 % of train for validation, selects by validation loss, and
+tests once. Its results.json gives test accuracy / macro-F1 and wall_seconds.
+Wall time: from the start of `main` (data loading) to the final test evaluation, for both (interpreter start-up and
+imports not included for either).
+Every run appends a line to bench/results/quality.jsonl (group, seed, test accuracy, test macro-F1, wall seconds,
+epochs, the exact command); `table` summarises that file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+import numpy as np  # noqa: E402
+
+RESULTS = benchlib.ROOT / "bench" / "results" / "quality.jsonl"
+
+
+def append(row: dict) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a") as handle:
+        handle.write(json.dumps(row) + "\n")
+    print(json.dumps({k: v for k, v in row.items() if k != "history"}), flush=True)
+
+
+def run_seed_recipe(seed: int, epochs: float, output_dir: str, group: str, threads: int, max_steps: int = -1) -> dict:
+    """One run of the seed recipe; returns the best-on-test epoch's metrics and the wall time."""
+    import torch
+    torch.set_num_threads(threads)
+    from transformers import Trainer
+    from absa.aspects import encode_absa_splits
+    from absa.metrics import single_label_metrics
+    from absa.model import load_tokenizer
+
+    started = time.time()
+    benchlib.quiet_libraries()
+    splits = benchlib.laptop_splits(seed=seed, select_on_test=True)  # all 2328 train rows; "validation" = test
+    tokenizer = load_tokenizer(benchlib.MODEL)
+    features = encode_absa_splits(splits, tokenizer, benchlib.SEED_PAD)
+    model = benchlib.trainer_model(seed)
+
+    def compute_metrics(prediction):
+        metrics = single_label_metrics(prediction.predictions, prediction.label_ids, benchlib.LABELS)
+        return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+
+    args = benchlib.seed_training_arguments(output_dir, bf16=False, group_by_length=False, seed=seed,
+                                            num_epochs=epochs, evaluate_each_epoch=True, max_steps=max_steps)
+    trainer = Trainer(model=model, args=args, train_dataset=features["train"], eval_dataset=features["test"],
+                      data_collator=benchlib.FixedPadCollator(tokenizer, benchlib.SEED_PAD),
+                      compute_metrics=compute_metrics)
+    output = trainer.train()
+    history = [{"epoch": row["epoch"], "test_accuracy": row["eval_accuracy"], "test_macro_f1": row["eval_macro_f1"]}
+               for row in trainer.state.log_history if "eval_macro_f1" in row]
+    best = max(history, key=lambda row: row["test_macro_f1"])
+    return {"group": group, "seed": seed, "test_accuracy": best["test_accuracy"],
+            "test_macro_f1": best["test_macro_f1"], "best_epoch": best["epoch"], "epochs": epochs,
+            "wall_seconds": time.time() - started,
+            "train_samples_per_second": output.metrics.get("train_samples_per_second"), "history": history,
+            "selection": "best epoch on TEST by macro-F1 (as published)", "train_rows": len(features["train"])}
+
+
+def run_product(seed: int, extra: list[str], output_root: str, group: str) -> dict:
+    output_dir = Path(output_root) / f"seed_{seed}"
+    command = [sys.executable, "finetune_absa.py", "--model_name_or_path", benchlib.MODEL, "--dataset",
+               os.path.relpath(benchlib.DATASET, benchlib.ROOT), "--output_dir", str(output_dir), "--seed", str(seed),
+               "--overwrite_output_dir", *extra]
+    print("$ python " + " ".join(command[1:]), flush=True)
+    started = time.time()
+    subprocess.run(command, cwd=benchlib.ROOT, check=True)
+    process_seconds = time.time() - started
+    results = json.loads((benchlib.ROOT / output_dir / "results.json").read_text())
+    return {"group": group, "seed": seed, "test_accuracy": results["test_accuracy"],
+            "test_macro_f1": results["test_macro_f1"], "best_epoch": results["best_epoch"],
+            "epochs": results["epochs_run"], "wall_seconds": results["wall_seconds"],
+            "process_seconds": process_seconds, "train_samples_per_second": results["train_samples_per_second"],
+            "best_validation": {k: results["best_validation"].get(k) for k in ("loss", "accuracy", "macro_f1")},
+            "mixed_precision": results["mixed_precision"], "selection": "validation loss (10 % carved from train)",
+            "command": "python " + " ".join(command[1:]),
+            "history": [{k: row.get(k) for k in ("epoch", "loss", "accuracy", "macro_f1")}
+                        for row in results["validation_history"]]}
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in ".-" else "_" for c in text)[:80]
+
+
+def summarize(rows: list[dict]) -> None:
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["group"], []).append(row)
+    print(f"{'group':44} {'seeds':>10} {'macro-F1 mean (range)':>24} {'accuracy mean (range)':>24} {'wall min':>9}")
+    for group, members in groups.items():
+        def stat(key, scale=100.0):
+            values = np.array([m[key] for m in members]) * scale
+            return f"{values.mean():.1f} ({values.min():.1f}-{values.max():.1f})"
+        seeds = ",".join(str(m["seed"]) for m in members)
+        wall = np.mean([m["wall_seconds"] for m in members]) / 60
+        print(f"{group:44} {seeds:>10} {stat('test_macro_f1'):>24} {stat('test_accuracy'):>24} {wall:9.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=("seed", "product", "sweep", "table"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
+    parser.add_argument("--epochs", type=float, default=8, help="seed recipe epochs (8 as published)")
+    parser.add_argument("--max-steps", type=int, default=-1, help="seed: stop after N steps (smoke tests only)")
+    parser.add_argument("--group", default=None, help="Name of this group of runs in the results file.")
+    parser.add_argument("--flag", default="learning_rate", help="sweep: the finetune_absa.py setting to vary")
+    parser.add_argument("--values", nargs="+", default=["1e-5", "3e-5", "1e-4"], help="sweep: its values")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--output-root", default="runs/quality")
+    options, extra = parser.parse_known_args()
+    extra = [a for a in extra if a != "--"]
+    command = benchlib.command_line()
+    if options.mode == "table":
+        summarize([json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()])
+        return
+    env = benchlib.environment()
+    print(f"$ {command}\n{env['cpu']}, {env['cores']} cores; torch {env['torch']}, transformers "
+          f"{env['transformers']}, accelerate {env['accelerate']}; {benchlib.load_line()}", flush=True)
+    context = {"bench_command": command, "cpu": env["cpu"], "date": env["date"],
+               "versions": {k: env[k] for k in ("torch", "transformers", "accelerate", "datasets")}}
+    if options.mode == "seed":
+        group = options.group or f"seed recipe ({options.epochs:g} epochs, best epoch on test)"
+        for seed in options.seeds:
+            load = os.getloadavg()[0]
+            row = run_seed_recipe(seed, options.epochs, f"{options.output_root}/seed_recipe/seed_{seed}", group,
+                                  options.threads, options.max_steps)
+            append({**row, **context, "load_average_start": load, "load_average_end": os.getloadavg()[0]})
+    elif options.mode == "product":
+        group = options.group or ("finetune_absa.py " + " ".join(extra)).strip()
+        for seed in options.seeds:
+            load = os.getloadavg()[0]
+            row = run_product(seed, extra, f"{options.output_root}/product_{slug(group)}", group)
+            append({**row, **context, "load_average_start": load, "load_average_end": os.getloadavg()[0]})
+    else:  # sweep on validation, one seed: the choice never looks at test
+        for value in options.values:
+            group = f"sweep {options.flag}={value} " + " ".join(extra)
+            row = run_product(options.seeds[0], [f"--{options.flag}", value, *extra],
+                              f"{options.output_root}/sweep_{options.flag}_{value}", group.strip())
+            append({**row, **context, "load_average_start": None, "load_average_end": os.getloadavg()[0]})
+        print("choose by best_validation (loss, then macro-F1); test numbers of a sweep are not used for the choice")
+
+
+if __name__ == "__main__":
+    main()
