@@ -8,8 +8,14 @@ from pathlib import Path
 # retrying, and keep the Rust tokenizers thread pool from clashing with forked DataLoader / accelerate workers.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# Tiny models gain nothing from several threads, and OpenMP threads that spin-wait on a busy 2-core box make every
+# small op slow; one thread per process (subprocesses inherit it) keeps the suite fast and steady.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest
+import torch
+
+torch.set_num_threads(1)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import tiny_models` works with or without tests/__init__.py
 import tiny_models
