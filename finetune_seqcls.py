@@ -36,7 +36,7 @@ from absa.loop import (BEST_MODEL, LoopSettings, check_settings, clear_output_di
                        make_dataloaders, make_optimizer, make_scheduler, parse_settings, predict,
                        prepare_output_dir, run_for_seeds, run_summary)
 from absa.metrics import best_threshold, multi_label_metrics, regression_metrics, scalar_metrics, single_label_metrics
-from absa.model import _loading_error, load_tokenizer, resolve_model_path
+from absa.model import loading_error, load_tokenizer, resolve_model_path
 from absa.reports import plot_confusion_matrix, plot_curves, write_atomically, write_json, write_jsonl
 from absa.text_data import (ALL_METRICS, LABELS, PROBLEM_TYPES, TASK_METRICS, TASKS, TEXT, TEXT_PAIR, TextData,
                             encode_text_splits, load_text_data, read_inputs)
@@ -237,7 +237,7 @@ def build_model(name_or_path: str, data: TextData, threshold: float):
             config.multi_label_threshold = threshold
         model = AutoModelForSequenceClassification.from_pretrained(path, config=config)
     except Exception as error:  # noqa: BLE001 - turned into a message that says what to do
-        raise _loading_error(name_or_path, error) from None
+        raise loading_error(name_or_path, error) from None
     # FSDP's transformer-layer auto-wrap reads this; transformers leaves it empty for DeBERTa-v2 and ELECTRA.
     model._no_split_modules = fsdp_wrap_classes(model)
     return model

@@ -44,7 +44,7 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def _loading_error(name: str, error: Exception) -> SystemExit:
+def loading_error(name: str, error: Exception) -> SystemExit:
     if Path(name).exists():
         return SystemExit(f"{name}: cannot load a model from this folder ({type(error).__name__}: {error})")
     return SystemExit(f"{name}: not a local folder, and loading it from the Hugging Face Hub failed "
@@ -58,7 +58,7 @@ def load_tokenizer(name_or_path: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as error:  # noqa: BLE001 - turned into a message that says what to do
-        raise _loading_error(name_or_path, error) from None
+        raise loading_error(name_or_path, error) from None
     require_fast_tokenizer(tokenizer, name_or_path)
     return tokenizer
 
@@ -100,7 +100,7 @@ class AbsaClassifier(nn.Module):
             config = AutoConfig.from_pretrained(path, id2label=id2label, label2id={v: k for k, v in id2label.items()})
             encoder = AutoModel.from_pretrained(path, config=config, **_encoder_kwargs(config), **load_kwargs)
         except Exception as error:  # noqa: BLE001 - turned into a message that says what to do
-            raise _loading_error(name_or_path, error) from None
+            raise loading_error(name_or_path, error) from None
         model = cls(encoder, pooling=pooling, dropout=dropout)
         nn.init.normal_(model.classifier.weight, std=getattr(config, "initializer_range", 0.02))
         nn.init.zeros_(model.classifier.bias)
