@@ -300,7 +300,16 @@ def parse_args():
 
 
 def main() -> None:
-    options = parse_args()
+    workers: dict = {}
+    try:
+        measure(parse_args(), workers)
+    finally:
+        for worker in workers.values():  # after an error: no contender process is left behind
+            if worker["process"].is_alive():
+                worker["process"].terminate()
+
+
+def measure(options, workers: dict) -> None:
     os.environ["OMP_NUM_THREADS"] = str(options.threads)  # inherited by the contender processes
     torch.set_num_threads(options.threads)
     contenders = SETS[options.set]
@@ -322,25 +331,24 @@ def main() -> None:
 
     context = multiprocessing.get_context("spawn")
     Path(options.logs).mkdir(parents=True, exist_ok=True)
-    workers = {}
     worker_options = {"threads": options.threads, "warmup_steps": options.warmup_steps,
                       "steps_per_round": options.steps_per_round, "rounds": options.rounds}
     for index, (name, spec) in enumerate(contenders.items()):  # one at a time, so start-up does not overlap
         parent_end, child_end = context.Pipe()
         log_path = str(Path(options.logs) / f"train_{index:02d}.log")
-        process = context.Process(target=worker_main, args=(name, spec, child_end, worker_options, log_path),
-                                  daemon=True)
+        # Not a daemon: a contender may start DataLoader workers of its own. The parent ends it (finally below).
+        process = context.Process(target=worker_main, args=(name, spec, child_end, worker_options, log_path))
         started = time.perf_counter()
         saved = dict(os.environ)
         os.environ.update(spec.get("env", {}))  # read by the new process at start-up (allocator settings)
         process.start()
         os.environ.clear()
         os.environ.update(saved)
+        workers[name] = {"process": process, "conn": parent_end, "windows": [], "log": log_path}
         message = parent_end.recv()
         if message["kind"] != "ready":
             raise SystemExit(f"{name}: {message.get('error')} (log: {log_path})")
-        workers[name] = {"process": process, "conn": parent_end, "windows": [], "log": log_path,
-                         "startup_seconds": time.perf_counter() - started}
+        workers[name]["startup_seconds"] = time.perf_counter() - started
         print(f"  ready: {name} ({workers[name]['startup_seconds']:.0f} s to load and run "
               f"{options.warmup_steps} warm-up steps)", flush=True)
 
