@@ -3,7 +3,7 @@
     python bench/train_throughput.py                      # (a) product vs (b) seed recipe vs (c) best-practice Trainer
     python bench/train_throughput.py --set levers         # what each speed lever of the product loop is worth
     python bench/train_throughput.py --set levers2        # torch.compile and allocator levers
-    python bench/train_throughput.py --set all --rounds 5 --steps-per-round 12 --warmup-steps 10
+    python bench/train_throughput.py --set contenders --rounds 10 --steps-per-round 6 --warmup-steps 10
 
 Model: the embedded MiniLM (BERT, 6 layers, hidden 384); data: SemEval-2014 Laptop14 train (the 2095 rows left
 after finetune_absa.py carves 10 % for validation, tokenized by the product, max_length 128); batch 16.
@@ -25,6 +25,9 @@ Protocol: every contender first runs --warmup-steps optimizer steps and then wai
 optimizer steps while the others sleep. A window is timed from the end of one optimizer step to the end of the
 k-th next, so it holds everything the loop does per step: fetching and collating the batch, forward, backward,
 clipping, optimizer, scheduler, and the loop's own bookkeeping. Nothing runs concurrently within this benchmark.
+The machine is shared: for every window the parent reads /proc/stat and subtracts the contender's own CPU time, which
+gives the cores other processes used meanwhile. Headline numbers use only the rounds in which that stayed at or under
+--max-other-cores (0.1) in every window; the per-round numbers of all rounds are in the JSON results.
 
 Reported per contender: samples/s, real (non-pad) tokens/s, peak RSS of its process, and useful-MFU = FLOPs on
 the real tokens (6 x non-embedding params per token + attention 12 x layers x hidden x L^2 per example) per
@@ -97,6 +100,22 @@ SETS["all"] = {**SETS["contenders"], **SETS["levers"], **SETS["levers2"]}
 # ----------------------------------------------------------------------------- measuring inside a worker
 
 
+def process_cpu_seconds() -> float:
+    """CPU time of this process (all its threads) and of its finished children."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def busy_cpu_seconds() -> float:
+    """CPU time the whole machine has spent busy since boot (/proc/stat), to see what other processes took."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return float("nan")
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 class Pacer:
     """Counts optimizer steps; at round boundaries reports the window just timed and waits for the parent."""
 
@@ -107,7 +126,7 @@ class Pacer:
         self._reset()
 
     def _reset(self):
-        self.lengths, self.padded, self.started = [], 0, time.perf_counter()
+        self.lengths, self.padded, self.started, self.cpu = [], 0, time.perf_counter(), process_cpu_seconds()
 
     def batch(self, batch) -> None:
         """Record the batch the next optimizer step trains on."""
@@ -126,6 +145,7 @@ class Pacer:
         else:
             seconds = time.perf_counter() - self.started
             self.conn.send({"kind": "window", "seconds": seconds, "samples": len(self.lengths),
+                            "own_cpu_seconds": process_cpu_seconds() - self.cpu,
                             "tokens": sum(self.lengths), "padded_tokens": self.padded,
                             "flops": benchlib.useful_flops(self.lengths, self.dims), "rss_mib": benchlib.peak_rss_mib()})
         message = self.conn.recv()  # "go" for the next window, "finish" after the last one
@@ -291,9 +311,11 @@ def parse_args():
     parser.add_argument("--set", choices=sorted(SETS), default="contenders")
     parser.add_argument("--only", default=None, help="Comma-separated contender names of the set to run.")
     parser.add_argument("--warmup-steps", type=int, default=10)
-    parser.add_argument("--steps-per-round", type=int, default=12)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps-per-round", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--max-other-cores", type=float, default=0.1, help="A round counts only if other processes "
+                        "used at most this many cores during each of its windows (from /proc/stat).")
     parser.add_argument("--output", default=None, help="JSON results (default bench/results/train_<set>.json).")
     parser.add_argument("--logs", default="runs/bench_logs", help="One log file per contender process.")
     return parser.parse_args()
@@ -353,19 +375,26 @@ def measure(options, workers: dict) -> None:
               f"{options.warmup_steps} warm-up steps)", flush=True)
 
     load_before = os.getloadavg()
-    names = list(workers)
+    names, clean_rounds = list(workers), []
     for round_index in range(options.rounds):
         order = names[round_index % len(names):] + names[:round_index % len(names)]
         for name in order:
             worker = workers[name]
+            busy = busy_cpu_seconds()
             worker["conn"].send("go")
             message = worker["conn"].recv()
             if message["kind"] != "window":
                 raise SystemExit(f"{name}: {message.get('error')} (log: {worker['log']})")
+            # Cores' worth of CPU that other processes used during the window (this benchmark's parent idles).
+            message["other_cores"] = max(0.0, busy_cpu_seconds() - busy - message["own_cpu_seconds"]) / message["seconds"]
             worker["windows"].append(message)
+        clean = all(w["windows"][-1]["other_cores"] <= options.max_other_cores for w in workers.values())
+        clean_rounds.append(clean)
         shown = ", ".join(f"{n} {w['windows'][-1]['samples'] / w['windows'][-1]['seconds']:.1f}"
                           for n, w in workers.items())
-        print(f"round {round_index + 1}/{options.rounds} samples/s: {shown}  [{benchlib.load_line()}]", flush=True)
+        worst = max(w["windows"][-1]["other_cores"] for w in workers.values())
+        print(f"round {round_index + 1}/{options.rounds} samples/s: {shown}  [other processes up to {worst:.2f} "
+              f"cores{'' if clean else ': DISTURBED'}; {benchlib.load_line()}]", flush=True)
     load_after = os.getloadavg()
     for name, worker in workers.items():
         worker["conn"].send("finish")
@@ -378,44 +407,53 @@ def measure(options, workers: dict) -> None:
     peaks_after = {"fp32": benchlib.matmul_peak(torch.float32), "bf16": benchlib.matmul_peak(torch.bfloat16)}
     peaks = {key: max(peaks[key], peaks_after[key]) for key in peaks}
 
+    # Headline numbers from the rounds in which no other process took more than --max-other-cores during any
+    # contender's window (every round holds the same batches for every length-grouped contender); all rounds if none.
+    use = [i for i, clean in enumerate(clean_rounds) if clean] or list(range(len(clean_rounds)))
     rows = {}
     for name, worker in workers.items():
-        windows = worker["windows"]
+        windows = [worker["windows"][i] for i in use]
         seconds = sum(w["seconds"] for w in windows)
         samples = sum(w["samples"] for w in windows)
         precision = worker["info"]["precision"]
         rows[name] = {
             "samples_per_s": samples / seconds, "tokens_per_s": sum(w["tokens"] for w in windows) / seconds,
             "padded_tokens_per_s": sum(w["padded_tokens"] for w in windows) / seconds,
-            "round_samples_per_s": [w["samples"] / w["seconds"] for w in windows],
             "useful_gflops": sum(w["flops"] for w in windows) / seconds / 1e9,
             "useful_mfu": sum(w["flops"] for w in windows) / seconds / 1e9 / peaks[precision],
-            "peak_rss_mib": max(w["rss_mib"] for w in windows), "steps": options.steps_per_round * len(windows),
-            "samples": samples, "seconds": seconds, "startup_seconds": worker["startup_seconds"], **worker["info"],
+            "peak_rss_mib": max(w["rss_mib"] for w in worker["windows"]), "steps": options.steps_per_round * len(windows),
+            "samples": samples, "seconds": seconds,
+            "all_rounds_samples_per_s": [w["samples"] / w["seconds"] for w in worker["windows"]],
+            "all_rounds_other_cores": [w["other_cores"] for w in worker["windows"]],
+            "startup_seconds": worker["startup_seconds"], **worker["info"],
         }
 
-    print(f"\n{options.rounds} rounds x {options.steps_per_round} steps (batch 16) after {options.warmup_steps} "
-          f"warm-up steps; peaks fp32 {peaks['fp32']:.0f} / bf16 {peaks['bf16']:.0f} GFLOP/s; load average "
-          f"{load_before[0]:.2f} before, {load_after[0]:.2f} after the rounds")
-    print(f"{'contender':46} {'samples/s':>9} {'min-max':>12} {'tokens/s':>8} {'prec':>5} {'MFU':>6} {'RSS MiB':>8}")
+    print(f"\n{len(use)} of {len(clean_rounds)} rounds used ({'undisturbed' if any(clean_rounds) else 'ALL DISTURBED'}: "
+          f"other processes <= {options.max_other_cores} cores), {options.steps_per_round} steps of batch 16 each, "
+          f"after {options.warmup_steps} warm-up steps; matmul peaks fp32 {peaks['fp32']:.0f} / bf16 "
+          f"{peaks['bf16']:.0f} GFLOP/s; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after the rounds "
+          f"(this benchmark's own {options.threads} threads included)")
+    print(f"{'contender':42} {'samples/s':>9} {'tokens/s':>8} {'prec':>5} {'MFU':>6} {'RSS MiB':>8}")
     for name, row in rows.items():
-        spread = f"{min(row['round_samples_per_s']):.1f}-{max(row['round_samples_per_s']):.1f}"
-        print(f"{name:46} {row['samples_per_s']:9.1f} {spread:>12} {row['tokens_per_s']:8.0f} "
+        print(f"{name:42} {row['samples_per_s']:9.1f} {row['tokens_per_s']:8.0f} "
               f"{row['precision']:>5} {row['useful_mfu']:6.1%} {row['peak_rss_mib']:8.0f}")
     ratios = {}
-    if "a" in rows:
-        for other in ("b", "c", "c_fp32"):
-            if other in rows:
-                per_round = [a / o for a, o in zip(rows["a"]["round_samples_per_s"], rows[other]["round_samples_per_s"])]
-                ratios[f"a/{other}"] = {"ratio": rows["a"]["samples_per_s"] / rows[other]["samples_per_s"],
-                                        "per_round_min": min(per_round), "per_round_max": max(per_round)}
-                print(f"(a)/({other}) = {ratios[f'a/{other}']['ratio']:.2f}x (rounds {min(per_round):.2f}-"
-                      f"{max(per_round):.2f})")
+    reference = "a" if "a" in rows else names[0]
+    for other in names:
+        if other == reference:
+            continue
+        per_round = [rows[reference]["all_rounds_samples_per_s"][i] / rows[other]["all_rounds_samples_per_s"][i]
+                     for i in use]
+        ratios[f"{reference}/{other}"] = {"ratio": rows[reference]["samples_per_s"] / rows[other]["samples_per_s"],
+                                          "per_round_min": min(per_round), "per_round_max": max(per_round)}
+        print(f"({reference})/({other}) = {ratios[f'{reference}/{other}']['ratio']:.2f}x (per round {min(per_round):.2f}"
+              f"-{max(per_round):.2f})")
     print(f"\n$ {command}")
     output = Path(options.output or benchlib.ROOT / "bench" / "results" / f"train_{options.set}.json")
     benchlib.write_results(output, {"command": command, "environment": env, "peaks_gflops": peaks,
                                     "load_average_rounds": {"before": load_before, "after": load_after},
-                                    "protocol": worker_options, "results": rows, "ratios": ratios})
+                                    "protocol": worker_options, "rounds_used": use, "clean_rounds": clean_rounds,
+                                    "results": rows, "ratios": ratios})
     print(f"results in {os.path.relpath(output)}")
 
 
