@@ -51,6 +51,10 @@ class Settings(LoopSettings):
     early_stopping_patience: int = 3
     metric_for_best_model: str = "loss"
     max_length: int = 128
+    # bf16 autocast where the hardware computes bf16 natively (an accelerate config's choice wins): the same
+    # validation loss as fp32 on Laptop14, 1.3-1.5x faster on a CPU with AVX512-BF16 (bench/README.md).
+    mixed_precision: str | None = field(default="auto",
+                                        metadata=LoopSettings.__dataclass_fields__["mixed_precision"].metadata)
 
 
 def main(settings: Settings) -> dict:
@@ -107,6 +111,7 @@ def main(settings: Settings) -> dict:
         accelerator.print(f"test ({test_split}): accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}; "
                           f"best epoch {results['best_epoch']}; {results['train_samples_per_second']:.1f} "
                           f"samples/s; results in {output_dir / 'results.json'}")
+    accelerator.wait_for_everyone()  # no process tears the group down while another still writes
     accelerator.end_training()
     return results
 

@@ -250,6 +250,7 @@ def evaluate(args) -> dict:
                               title=f"Confusion matrix ({split_name}, {len(logits)} examples)")
         print(speed_line(facts))
         print(f"wrote {json_path} and {png_path}")
+    accelerator.wait_for_everyone()  # no process tears the group down while another still writes
     accelerator.end_training()
     return results
 
@@ -314,6 +315,7 @@ def predict_file(args) -> list[dict]:
         counts = collections.Counter(row["predicted_label"] for row in results)
         print("predicted: " + ", ".join(f"{name} {counts[name]}" for name in label_names))
         print(f"{speed_line(facts)}; wrote {output}")
+    accelerator.wait_for_everyone()  # no process tears the group down while another still writes
     accelerator.end_training()
     return results
 

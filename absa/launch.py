@@ -1,4 +1,4 @@
-"""Start-up check that the launcher really started the distributed run it was asked for.
+"""Start-up checks: the launcher really started the distributed run it was asked for; bf16 is native.
 
 Two accelerate 1.15 traps train silently in the wrong way (measured, see accelerate_configs/README.md):
 * `accelerate launch --cpu --num_processes 2` (or a MULTI_CPU config) starts ONE process unless MPI is
@@ -8,6 +8,8 @@ Two accelerate 1.15 traps train silently in the wrong way (measured, see acceler
 """
 
 import os
+
+import torch
 
 CPU_LAUNCH = "ACCELERATE_USE_CPU=true torchrun --nproc_per_node N SCRIPT ARGS"
 
@@ -79,3 +81,15 @@ def check_distributed_setup(accelerator) -> None:
             f"process group with `{CPU_LAUNCH}`, or drop --num_processes (and unset MASTER_ADDR) to "
             "run one process."
         )
+
+
+def bf16_is_native(device) -> bool:
+    """Whether `device` computes bf16 natively: CUDA GPUs with bf16, CPUs with AVX512-BF16 or AMX-BF16 (elsewhere
+    bf16 is emulated and slower than fp32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        capabilities = getattr(torch.cpu, "get_capabilities", dict)()
+        return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+    return False

@@ -135,8 +135,10 @@ class AbsaClassifier(nn.Module):
     def gradient_checkpointing_enable(self, **kwargs):
         self.encoder.gradient_checkpointing_enable(**kwargs)
 
-    def forward(self, input_ids, attention_mask, aspect_mask, labels=None, **encoder_inputs):
+    def forward(self, input_ids, attention_mask, aspect_mask, labels=None, sequence_index=None, **encoder_inputs):
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **encoder_inputs).last_hidden_state
+        if sequence_index is not None:  # several aspects of one encoded sentence (AspectCollator(share_texts=True))
+            hidden = hidden.index_select(0, sequence_index)
         mask = aspect_mask.unsqueeze(-1).bool()
         if self.pooling == "max":
             pooled = hidden.masked_fill(~mask, torch.finfo(hidden.dtype).min).amax(dim=1)

@@ -34,6 +34,8 @@ from torch.utils.data import DataLoader
 
 from .aspects import AspectCollator, encode_aspect_batch
 from .data import find_occurrences
+from .launch import bf16_is_native
+from .loop import text_groups
 from .model import AbsaClassifier, load_tokenizer
 
 MARK_START, MARK_END = "[B-ASP]", "[E-ASP]"
@@ -203,16 +205,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | str) -
     return torch.bfloat16 if dtype == "bf16" else torch.float32
 
 
-def bf16_is_native(device: torch.device | str) -> bool:
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        capabilities = getattr(torch.cpu, "get_capabilities", dict)()
-        return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
-    return False
-
-
 def autocast(device: torch.device | str, dtype: torch.dtype):
     """bf16 autocast on `device` when dtype is bf16, a no-op context for fp32."""
     device = torch.device(device)
@@ -249,11 +241,14 @@ def encode_spans(tokenizer, spans: Sequence[AspectSpan], max_length: int, labels
 def length_sorted_loader(features: list[dict], collator, batch_size: int) -> DataLoader:
     """Batches of similar length, longest first (so running out of memory shows at once), padded per batch.
 
-    No shuffling: a loader prepared by Accelerate hands whole batches to the processes in turn and
-    `gather_for_metrics` puts them back in this order, dropping the padding copies of the last batches.
+    The aspects of one text stay side by side, so the collator encodes that text once. No shuffling: a loader
+    prepared by Accelerate hands whole batches to the processes in turn and `gather_for_metrics` puts them back
+    in this order, dropping the padding copies of the last batches.
     """
-    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
-    return DataLoader([features[i] for i in order], batch_size=batch_size, collate_fn=collator, shuffle=False)
+    groups = sorted(text_groups(f["input_ids"] for f in features),
+                    key=lambda group: -len(features[group[0]]["input_ids"]))
+    return DataLoader([features[i] for group in groups for i in group], batch_size=batch_size, collate_fn=collator,
+                      shuffle=False)
 
 
 def in_input_order(logits: np.ndarray, positions: np.ndarray) -> np.ndarray:

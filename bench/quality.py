@@ -1,10 +1,16 @@
 """Quality and wall time: the seed recipe against finetune_absa.py on Laptop14 (embedded MiniLM), several seeds.
 
+    python bench/quality.py                               # compare: the two below, seed recipe rows reused
     python bench/quality.py seed --seeds 42 1 2          # Trainer, pad 100, fp32, best epoch chosen ON TEST
     python bench/quality.py product --seeds 42 1 2       # finetune_absa.py (defaults; selects on validation)
     python bench/quality.py product --seeds 42 1 2 -- --learning_rate 5e-5   # extra finetune_absa.py flags
     python bench/quality.py sweep --values 1e-5 3e-5 1e-4 --flag learning_rate   # choose on VALIDATION, seed 42
     python bench/quality.py table                         # mean and range of every group measured so far
+
+compare (the default): finetune_absa.py with its defaults and the learning rate chosen for small encoders on
+validation (--learning_rate 3e-5, see bench/README.md), 3 seeds; then the seed recipe for the same seeds, reusing
+rows already in the results file for the same library versions (it is the fixed measuring stick and takes about
+20 minutes a seed; --rerun-seed-recipe measures it again); then both groups side by side.
 
 seed: the tutorial's recipe as published: transformers.Trainer on all 2328 train rows (no validation split), every
 text padded to 100 tokens, fp32, lr 1e-5, batch 16, weight decay 0.01, 100 warm-up steps, 8 epochs, the TD-BERT model
@@ -34,6 +40,13 @@ import benchlib  # noqa: E402
 import numpy as np  # noqa: E402
 
 RESULTS = benchlib.ROOT / "bench" / "results" / "quality.jsonl"
+
+
+COMPARE_FLAGS = ["--learning_rate", "3e-5"]  # chosen on validation for MiniLM-size encoders (bench/README.md)
+
+
+def read_rows() -> list[dict]:
+    return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()] if RESULTS.exists() else []
 
 
 def append(row: dict) -> None:
@@ -108,20 +121,23 @@ def summarize(rows: list[dict]) -> None:
     groups: dict[str, list[dict]] = {}
     for row in rows:
         groups.setdefault(row["group"], []).append(row)
-    print(f"{'group':44} {'seeds':>10} {'macro-F1 mean (range)':>24} {'accuracy mean (range)':>24} {'wall min':>9}")
+    print(f"{'group':44} {'seeds':>10} {'macro-F1 mean (range)':>24} {'accuracy mean (range)':>24} {'wall min':>9} "
+          f"{'val loss':>8}")
     for group, members in groups.items():
         def stat(key, scale=100.0):
             values = np.array([m[key] for m in members]) * scale
             return f"{values.mean():.1f} ({values.min():.1f}-{values.max():.1f})"
         seeds = ",".join(str(m["seed"]) for m in members)
         wall = np.mean([m["wall_seconds"] for m in members]) / 60
-        print(f"{group:44} {seeds:>10} {stat('test_macro_f1'):>24} {stat('test_accuracy'):>24} {wall:9.1f}")
+        losses = [m["best_validation"]["loss"] for m in members if m.get("best_validation")]
+        loss = f"{np.mean(losses):.4f}" if losses else "(test)"  # the seed recipe has no validation split
+        print(f"{group:44} {seeds:>10} {stat('test_macro_f1'):>24} {stat('test_accuracy'):>24} {wall:9.1f} {loss:>8}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("seed", "product", "sweep", "table"))
+    parser.add_argument("mode", nargs="?", default="compare", choices=("compare", "seed", "product", "sweep", "table"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
     parser.add_argument("--epochs", type=float, default=8, help="seed recipe epochs (8 as published)")
     parser.add_argument("--max-steps", type=int, default=-1, help="seed: stop after N steps (smoke tests only)")
@@ -130,19 +146,45 @@ def main() -> None:
     parser.add_argument("--values", nargs="+", default=["1e-5", "3e-5", "1e-4"], help="sweep: its values")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--output-root", default="runs/quality")
+    parser.add_argument("--rerun-seed-recipe", action="store_true", help="compare: measure the seed recipe again")
     options, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
     command = benchlib.command_line()
     if options.mode == "table":
-        summarize([json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()])
+        summarize(read_rows())
         return
     env = benchlib.environment()
     print(f"$ {command}\n{env['cpu']}, {env['cores']} cores; torch {env['torch']}, transformers "
           f"{env['transformers']}, accelerate {env['accelerate']}; {benchlib.load_line()}", flush=True)
     context = {"bench_command": command, "cpu": env["cpu"], "date": env["date"],
                "versions": {k: env[k] for k in ("torch", "transformers", "accelerate", "datasets")}}
-    if options.mode == "seed":
-        group = options.group or f"seed recipe ({options.epochs:g} epochs, best epoch on test)"
+    seed_group = options.group or f"seed recipe ({options.epochs:g} epochs, best epoch on test)"
+    if options.mode == "compare":
+        extra = extra or COMPARE_FLAGS
+        product_group = ("finetune_absa.py " + " ".join(extra)).strip()
+        measured = {row["seed"] for row in read_rows() if row["group"] == seed_group and
+                    row.get("versions") == context["versions"]}
+        for seed in options.seeds:
+            load = os.getloadavg()[0]
+            row = run_product(seed, extra, f"{options.output_root}/product_{slug(product_group)}", product_group)
+            append({**row, **context, "load_average_start": load, "load_average_end": os.getloadavg()[0]})
+        for seed in options.seeds:
+            if seed in measured and not options.rerun_seed_recipe:
+                print(f"seed recipe, seed {seed}: reusing the row in {os.path.relpath(RESULTS)}")
+                continue
+            load = os.getloadavg()[0]
+            row = run_seed_recipe(seed, options.epochs, f"{options.output_root}/seed_recipe/seed_{seed}", seed_group,
+                                  options.threads)
+            append({**row, **context, "load_average_start": load, "load_average_end": os.getloadavg()[0]})
+        rows = read_rows()
+        latest = {}
+        for row in rows:  # the newest row of each (group, seed)
+            if row["group"] in (product_group, seed_group) and row["seed"] in options.seeds:
+                latest[row["group"], row["seed"]] = row
+        summarize(sorted(latest.values(), key=lambda row: row["group"] != product_group))
+        print(f"\n$ {command}")
+    elif options.mode == "seed":
+        group = seed_group
         for seed in options.seeds:
             load = os.getloadavg()[0]
             row = run_seed_recipe(seed, options.epochs, f"{options.output_root}/seed_recipe/seed_{seed}", group,

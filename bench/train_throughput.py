@@ -11,14 +11,18 @@ after finetune_absa.py carves 10 % for validation, tokenized by the product, max
 Contenders (each in its own process, started one after the other; all use the same thread count):
   a       finetune_absa.py with its defaults, through the product's own code: encode_absa_splits, make_dataloaders,
           AbsaClassifier, make_optimizer, make_scheduler, make_accelerator and `absa.loop.fit` itself. The only
-          addition is a wrapper around the train loader that pauses the loop between measuring rounds.
+          addition is a wrapper around the train loader that pauses the loop between measuring rounds. Defaults:
+          --mixed_precision auto (bf16 autocast on this CPU: AVX512-BF16), fused AdamW, length-grouped batches,
+          and the aspects of one sentence encoded once per batch (AspectCollator(share_texts=True)).
+  a_fp32  a with --mixed_precision no.
   b       the seed recipe: transformers.Trainer, every text padded to 100 tokens, fp32, random order, the same
           TD-BERT model (AbsaClassifier) fed by a fixed-padding collator.
   c       the best-practice Trainer: per-batch padding, train_sampling_strategy="group_by_length", bf16=True.
   c_fp32  c in fp32.
-The length-grouped contenders (a, c, c_fp32 and the levers) draw the SAME batches: the Trainer's
-LengthGroupedSampler gets the generator the product's sampler uses for epoch 0 (seed 42), so every measured
-window holds exactly the same examples in the same batches.
+The length-grouped Trainers (c, c_fp32) and the levers without shared sentence encoding draw the SAME batches: the
+Trainer's LengthGroupedSampler gets the generator the product's sampler uses for epoch 0 (seed 42). The product's
+defaults shuffle whole sentences (their aspects side by side, encoded once), so their batches hold the same number
+of examples from the same length-grouped shuffle, but not the same examples; tokens/s shows the work per example.
 
 Protocol: every contender first runs --warmup-steps optimizer steps and then waits. The parent then runs
 --rounds rounds; in each, the contenders take turns (the order rotates every round) to run --steps-per-round
@@ -56,12 +60,25 @@ TRAINER_B = {"kind": "trainer", "pad": benchlib.SEED_PAD, "bf16": False, "group"
 TRAINER_C = {"kind": "trainer", "pad": None, "bf16": True, "group": True}
 TRAINER_C_FP32 = {"kind": "trainer", "pad": None, "bf16": False, "group": True}
 PRODUCT = {"kind": "product"}  # finetune_absa.py's defaults, whatever they are now
+PRODUCT_FP32 = {"kind": "product", "settings": {"mixed_precision": "no"}}
+
+
+def without(**changes) -> dict:
+    """The product's defaults with one thing changed."""
+    spec = {"kind": "product", "settings": {}}
+    for key, value in changes.items():
+        if key in ("mixed_precision", "fused_adamw"):
+            spec["settings"][key] = value
+        else:
+            spec[key] = value
+    return spec
 
 
 def lever(**changes) -> dict:
-    """A product run with explicit settings, independent of the product's current defaults."""
+    """A product run with explicit settings, independent of the product's current defaults (the base is the
+    product before the levers: fp32, for-loop AdamW, SDPA, one encoder pass per aspect)."""
     spec = {"kind": "product", "settings": {"mixed_precision": "no"}, "optim": "forloop", "attn": "sdpa",
-            "compile": False, "threads": None}
+            "compile": False, "threads": None, "share_texts": False}
     for key, value in changes.items():
         if key in ("mixed_precision", "pad_to_multiple_of", "num_workers", "fused_adamw"):
             spec["settings"][key] = value
@@ -71,7 +88,15 @@ def lever(**changes) -> dict:
 
 
 SETS = {
-    "contenders": {"a": PRODUCT, "b": TRAINER_B, "c": TRAINER_C, "c_fp32": TRAINER_C_FP32},
+    "contenders": {"a": PRODUCT, "a_fp32": PRODUCT_FP32, "b": TRAINER_B, "c": TRAINER_C, "c_fp32": TRAINER_C_FP32},
+    "defaults": {  # what each of the product's speed defaults is worth now: the defaults, then one thing undone
+        "product defaults": PRODUCT,
+        "- shared sentence encoding": without(share_texts=False),
+        "- bf16 autocast (fp32)": without(mixed_precision="no"),
+        "- fused AdamW (for-loop)": without(fused_adamw=False),
+        "+ eager attention": without(attn="eager"),
+        "+ torch.compile dynamic": without(compile=True),
+    },
     "levers": {
         "fp32, for-loop AdamW (product at HEAD)": lever(),
         "fp32, foreach AdamW": lever(optim="foreach"),
@@ -126,12 +151,20 @@ class Pacer:
         self._reset()
 
     def _reset(self):
-        self.lengths, self.padded, self.started, self.cpu = [], 0, time.perf_counter(), process_cpu_seconds()
+        self.lengths, self.encoded, self.padded = [], [], 0
+        self.started, self.cpu = time.perf_counter(), process_cpu_seconds()
 
     def batch(self, batch) -> None:
-        """Record the batch the next optimizer step trains on."""
+        """Record the batch the next optimizer step trains on.
+
+        lengths: every example's real tokens (what an encoder pass per example computes, comparable across
+        contenders); encoded: the real tokens that went through the encoder (fewer when a sentence's aspects
+        share one pass), which the FLOPs and MFU count."""
         mask = batch["attention_mask"]
-        self.lengths.extend(mask.sum(dim=1).tolist())
+        rows = batch["sequence_index"] if "sequence_index" in batch else torch.arange(len(mask))
+        encoded = mask.sum(dim=1)
+        self.lengths.extend(encoded[rows].tolist())
+        self.encoded.extend(encoded.tolist())
         self.padded += mask.numel()
 
     def step_done(self) -> None:
@@ -146,8 +179,9 @@ class Pacer:
             seconds = time.perf_counter() - self.started
             self.conn.send({"kind": "window", "seconds": seconds, "samples": len(self.lengths),
                             "own_cpu_seconds": process_cpu_seconds() - self.cpu,
-                            "tokens": sum(self.lengths), "padded_tokens": self.padded,
-                            "flops": benchlib.useful_flops(self.lengths, self.dims), "rss_mib": benchlib.peak_rss_mib()})
+                            "tokens": sum(self.lengths), "encoded_tokens": sum(self.encoded),
+                            "padded_tokens": self.padded, "flops": benchlib.useful_flops(self.encoded, self.dims),
+                            "rss_mib": benchlib.peak_rss_mib()})
         message = self.conn.recv()  # "go" for the next window, "finish" after the last one
         if message == "finish":
             self.warmup = 10 ** 9  # the run winds up unmeasured
@@ -214,7 +248,8 @@ def run_product(spec: dict, pacer: Pacer, workdir: str) -> dict:
                               validation_fraction=settings.validation_fraction, seed=settings.seed)
     tokenizer = load_tokenizer(settings.model_name_or_path)
     features = encode_absa_splits(splits, tokenizer, settings.max_length)
-    loaders = make_dataloaders(features, AspectCollator(tokenizer, settings.pad_to_multiple_of), settings)
+    collator = AspectCollator(tokenizer, settings.pad_to_multiple_of, share_texts=spec.get("share_texts", True))
+    loaders = make_dataloaders(features, collator, settings)
     clear_output_dir(accelerator, output_dir, resuming=False)
 
     load_kwargs = {"attn_implementation": spec["attn"]} if spec.get("attn") else {}
@@ -256,7 +291,8 @@ def run_trainer(spec: dict, pacer: Pacer, workdir: str) -> dict:
     splits = benchlib.laptop_splits()
     tokenizer = load_tokenizer(benchlib.MODEL)
     train = encode_absa_splits(splits, tokenizer, 128)["train"]
-    collator = benchlib.FixedPadCollator(tokenizer, spec["pad"]) if spec["pad"] else AspectCollator(tokenizer)
+    collator = (benchlib.FixedPadCollator(tokenizer, spec["pad"]) if spec["pad"]
+                else AspectCollator(tokenizer, share_texts=False))  # per-batch padding, one pass per example
     model = benchlib.trainer_model()
     pacer.dims = benchlib.encoder_dimensions(model)
 
@@ -418,6 +454,7 @@ def measure(options, workers: dict) -> None:
         precision = worker["info"]["precision"]
         rows[name] = {
             "samples_per_s": samples / seconds, "tokens_per_s": sum(w["tokens"] for w in windows) / seconds,
+            "encoded_tokens_per_s": sum(w["encoded_tokens"] for w in windows) / seconds,
             "padded_tokens_per_s": sum(w["padded_tokens"] for w in windows) / seconds,
             "useful_gflops": sum(w["flops"] for w in windows) / seconds / 1e9,
             "useful_mfu": sum(w["flops"] for w in windows) / seconds / 1e9 / peaks[precision],
@@ -433,15 +470,16 @@ def measure(options, workers: dict) -> None:
           f"after {options.warmup_steps} warm-up steps; matmul peaks fp32 {peaks['fp32']:.0f} / bf16 "
           f"{peaks['bf16']:.0f} GFLOP/s; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after the rounds "
           f"(this benchmark's own {options.threads} threads included)")
-    print(f"{'contender':42} {'samples/s':>9} {'tokens/s':>8} {'prec':>5} {'MFU':>6} {'RSS MiB':>8}")
+    print("tokens/s: the real tokens of the examples trained on; encoded: the real tokens through the encoder (fewer "
+          "when a sentence's aspects share one pass); MFU counts the encoded ones")
+    print(f"{'contender':42} {'samples/s':>9} {'tokens/s':>8} {'encoded':>8} {'prec':>5} {'MFU':>6} {'RSS MiB':>8}")
     for name, row in rows.items():
-        print(f"{name:42} {row['samples_per_s']:9.1f} {row['tokens_per_s']:8.0f} "
+        print(f"{name:42} {row['samples_per_s']:9.1f} {row['tokens_per_s']:8.0f} {row['encoded_tokens_per_s']:8.0f} "
               f"{row['precision']:>5} {row['useful_mfu']:6.1%} {row['peak_rss_mib']:8.0f}")
     ratios = {}
-    reference = "a" if "a" in rows else names[0]
-    for other in names:
-        if other == reference:
-            continue
+    pairs = ([(a, o) for a in ("a", "a_fp32") if a in rows for o in ("b", "c", "c_fp32") if o in rows]
+             or [(names[0], other) for other in names[1:]])
+    for reference, other in pairs:
         per_round = [rows[reference]["all_rounds_samples_per_s"][i] / rows[other]["all_rounds_samples_per_s"][i]
                      for i in use]
         ratios[f"{reference}/{other}"] = {"ratio": rows[reference]["samples_per_s"] / rows[other]["samples_per_s"],

@@ -239,6 +239,25 @@ def test_encode_absa_splits_and_collator(tokenizers, family):
     assert not batch8["aspect_mask"][:, width:].any()
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_collator_encodes_a_shared_text_once(tokenizers, family):
+    tokenizer = tokenizers[family]
+    text = CASES["comma"][0]
+    data = tiny_split([(text, "screen"), ("Bad fan.", "fan"), (text, "trackpad")])
+    encoded = encode_absa_splits(data, tokenizer, max_length=64)
+    features = [encoded[i] for i in range(3)]
+    shared = AspectCollator(tokenizer)(features)
+    separate = AspectCollator(tokenizer, share_texts=False)(features)
+    assert shared["input_ids"].shape[0] == 2 and separate["input_ids"].shape[0] == 3
+    assert shared["sequence_index"].tolist() == [0, 1, 0] and "sequence_index" not in separate
+    # every example sees exactly the input it would have had alone, with its own aspect mask and label
+    for key in ("input_ids", "attention_mask"):
+        assert torch.equal(shared[key][shared["sequence_index"]], separate[key])
+    assert torch.equal(shared["aspect_mask"], separate["aspect_mask"])
+    assert not torch.equal(shared["aspect_mask"][0], shared["aspect_mask"][2])
+    assert shared["labels"].tolist() == separate["labels"].tolist() == [0, 1, 2]
+
+
 def test_collator_left_padding(tokenizers, tiny_model_dirs):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dirs["bert"], padding_side="left")
     data = tiny_split([CASES["comma"], ("Bad fan.", "fan")])

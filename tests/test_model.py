@@ -82,6 +82,29 @@ def test_forward_backward_every_parameter_gets_a_gradient(loaded, batches, famil
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_a_shared_text_gives_the_logits_and_gradients_of_separate_passes(tiny_model_dirs, loaded, family):
+    text = EXAMPLES[0][0]
+    rows = [{"text": t, "aspect": a, "start": t.index(a), "end": t.index(a) + len(a), "label": y}
+            for t, a, y in [(text, "screen", 2), ("Bad fan.", "fan", 0), (text, "battery", 0)]]
+    tokenizer = load_tokenizer(str(tiny_model_dirs[family]))
+    encoded = encode_absa_splits(datasets.Dataset.from_list(rows), tokenizer, max_length=64)
+    features = [encoded[i] for i in range(len(encoded))]
+    model = copy_of(loaded, family).eval()  # no dropout: both ways compute the same function
+    outputs = {}
+    for share in (True, False):
+        batch = AspectCollator(tokenizer, share_texts=share)(features)
+        assert batch["input_ids"].shape[0] == (2 if share else 3)
+        model.zero_grad()
+        out = model(**batch)
+        out.loss.backward()
+        outputs[share] = out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    torch.testing.assert_close(outputs[True][0], outputs[False][0], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(outputs[True][0][0], outputs[True][0][2])  # two aspects, two answers
+    for name, grad in outputs[True][1].items():
+        torch.testing.assert_close(grad, outputs[False][1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_pooling_is_max_or_mean_over_the_aspect_tokens(loaded, batches, family):
     model = copy_of(loaded, family, "max").eval()
     batch = batches[family]
