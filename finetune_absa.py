@@ -52,7 +52,7 @@ class Settings(LoopSettings):
     metric_for_best_model: str = "loss"
     max_length: int = 128
     # bf16 autocast where the hardware computes bf16 natively (an accelerate config's choice wins): the same
-    # validation loss as fp32 on Laptop14, 1.3-1.5x faster on a CPU with AVX512-BF16 (bench/README.md).
+    # validation loss as fp32 on Laptop14, 1.24x faster on a CPU with AVX512-BF16 (bench/README.md).
     mixed_precision: str | None = field(default="auto",
                                         metadata=LoopSettings.__dataclass_fields__["mixed_precision"].metadata)
 
