@@ -20,8 +20,8 @@ import transformers
 
 from absa.aspects import AspectCollator, encode_absa_splits
 from absa.data import DEFAULT_LABELS, load_absa_splits
-from absa.loop import (BEST_MODEL, LoopSettings, check_settings, clear_output_dir, fit, make_accelerator,
-                       make_dataloaders, make_optimizer, make_scheduler, parse_settings, predict,
+from absa.loop import (BEST_MODEL, LoopSettings, check_settings, clear_output_dir, end_run, fit,
+                       make_accelerator, make_dataloaders, make_optimizer, make_scheduler, parse_settings, predict,
                        prepare_output_dir, run_for_seeds, run_summary)
 from absa.metrics import single_label_metrics
 from absa.model import POOLINGS, AbsaClassifier, load_tokenizer
@@ -111,8 +111,7 @@ def main(settings: Settings) -> dict:
         accelerator.print(f"test ({test_split}): accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}; "
                           f"best epoch {results['best_epoch']}; {results['train_samples_per_second']:.1f} "
                           f"samples/s; results in {output_dir / 'results.json'}")
-    accelerator.wait_for_everyone()  # no process tears the group down while another still writes
-    accelerator.end_training()
+    end_run(accelerator)
     return results
 
 

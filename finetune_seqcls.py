@@ -32,8 +32,8 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, DataCol
 
 from absa.files import DataError
 from absa.launch import fsdp_wrap_classes
-from absa.loop import (BEST_MODEL, LoopSettings, check_settings, clear_output_dir, fit, make_accelerator,
-                       make_dataloaders, make_optimizer, make_scheduler, parse_settings, predict,
+from absa.loop import (BEST_MODEL, LoopSettings, check_settings, clear_output_dir, end_run, fit,
+                       make_accelerator, make_dataloaders, make_optimizer, make_scheduler, parse_settings, predict,
                        prepare_output_dir, run_for_seeds, run_summary)
 from absa.metrics import best_threshold, multi_label_metrics, regression_metrics, scalar_metrics, single_label_metrics
 from absa.model import loading_error, load_tokenizer, resolve_model_path
@@ -209,8 +209,7 @@ def main(settings: Settings) -> dict:
                           f"results in {output_dir / 'results.json'}")
         if inputs:
             write_predictions(settings, best_dir, inputs, accelerator.device)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    end_run(accelerator)
     return results
 
 

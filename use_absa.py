@@ -38,7 +38,7 @@ from absa.aspects import AspectCollator
 from absa.data import read_absa_file, load_absa_splits
 from absa.files import DataError, read_rows
 from absa.launch import check_distributed_setup
-from absa.loop import predict as gather_logits
+from absa.loop import end_run, predict as gather_logits
 from absa.metrics import single_label_metrics
 from absa.predict import (DTYPES, MARK_END, MARK_START, AbsaPredictor, AspectError, AspectSpan, autocast,
                           default_max_length, encode_spans, in_input_order, label_names_of, length_sorted_loader,
@@ -250,8 +250,7 @@ def evaluate(args) -> dict:
                               title=f"Confusion matrix ({split_name}, {len(logits)} examples)")
         print(speed_line(facts))
         print(f"wrote {json_path} and {png_path}")
-    accelerator.wait_for_everyone()  # no process tears the group down while another still writes
-    accelerator.end_training()
+    end_run(accelerator)
     return results
 
 
@@ -315,8 +314,7 @@ def predict_file(args) -> list[dict]:
         counts = collections.Counter(row["predicted_label"] for row in results)
         print("predicted: " + ", ".join(f"{name} {counts[name]}" for name in label_names))
         print(f"{speed_line(facts)}; wrote {output}")
-    accelerator.wait_for_everyone()  # no process tears the group down while another still writes
-    accelerator.end_training()
+    end_run(accelerator)
     return results
 
 

@@ -161,6 +161,13 @@ def clear_output_dir(accelerator: Accelerator, output_dir: Path, resuming: bool)
     accelerator.wait_for_everyone()
 
 
+def end_run(accelerator: Accelerator) -> None:
+    """Trackers closed and the process group torn down, once every process is done: a process that destroys the
+    gloo group while another still writes its files can abort that one."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
 def find_checkpoint(output_dir: Path, spec: str) -> Path:
     if spec == "latest":
         done = sorted((output_dir / CHECKPOINTS).glob("step_*[0-9]")) if (output_dir / CHECKPOINTS).is_dir() else []
@@ -220,8 +227,9 @@ def make_dataloaders(features, collator, settings: LoopSettings) -> dict[str, Da
     """
     loaders = {}
     for split, dataset in features.items():
-        lengths = [len(ids) for ids in dataset["input_ids"]]
-        groups = text_groups(dataset["input_ids"])
+        input_ids = dataset["input_ids"]  # the whole column, read once
+        lengths = [len(ids) for ids in input_ids]
+        groups = text_groups(input_ids)
         if split == "train":
             sampler = EpochSeededSampler(lengths, settings.per_device_batch_size, settings.seed,
                                          settings.group_by_length, groups)

@@ -159,51 +159,46 @@ def main() -> None:
     context = {"bench_command": command, "cpu": env["cpu"], "date": env["date"],
                "versions": {k: env[k] for k in ("torch", "transformers", "accelerate", "datasets")}}
     seed_group = options.group or f"seed recipe ({options.epochs:g} epochs, best epoch on test)"
+
+    def record(run, *args) -> None:  # one run, appended with the context and the load around it
+        load = os.getloadavg()[0]
+        append({**run(*args), **context, "load_average_start": load, "load_average_end": os.getloadavg()[0]})
+
+    def products(group: str, flags: list[str]) -> None:
+        for seed in options.seeds:
+            record(run_product, seed, flags, f"{options.output_root}/product_{slug(group)}", group)
+
+    def seed_recipes(seeds) -> None:
+        for seed in seeds:
+            record(run_seed_recipe, seed, options.epochs, f"{options.output_root}/seed_recipe/seed_{seed}",
+                   seed_group, options.threads, options.max_steps)
+
     if options.mode == "compare":
         extra = extra or COMPARE_FLAGS
         product_group = ("finetune_absa.py " + " ".join(extra)).strip()
         measured = {row["seed"] for row in read_rows() if row["group"] == seed_group and
                     row.get("versions") == context["versions"]}
-        for seed in options.seeds:
-            load = os.getloadavg()[0]
-            row = run_product(seed, extra, f"{options.output_root}/product_{slug(product_group)}", product_group)
-            append({**row, **context, "load_average_start": load, "load_average_end": os.getloadavg()[0]})
-        for seed in options.seeds:
-            if seed in measured and not options.rerun_seed_recipe:
-                print(f"seed recipe, seed {seed}: reusing the row in {os.path.relpath(RESULTS)}")
-                continue
-            load = os.getloadavg()[0]
-            row = run_seed_recipe(seed, options.epochs, f"{options.output_root}/seed_recipe/seed_{seed}", seed_group,
-                                  options.threads)
-            append({**row, **context, "load_average_start": load, "load_average_end": os.getloadavg()[0]})
-        rows = read_rows()
+        products(product_group, extra)
+        reused = [] if options.rerun_seed_recipe else [seed for seed in options.seeds if seed in measured]
+        for seed in reused:
+            print(f"seed recipe, seed {seed}: reusing the row in {os.path.relpath(RESULTS)}")
+        seed_recipes([seed for seed in options.seeds if seed not in reused])
         latest = {}
-        for row in rows:  # the newest row of each (group, seed)
+        for row in read_rows():  # the newest row of each (group, seed)
             if row["group"] in (product_group, seed_group) and row["seed"] in options.seeds:
                 latest[row["group"], row["seed"]] = row
         summarize(sorted(latest.values(), key=lambda row: row["group"] != product_group))
         print(f"\n$ {command}")
     elif options.mode == "seed":
-        group = seed_group
-        for seed in options.seeds:
-            load = os.getloadavg()[0]
-            row = run_seed_recipe(seed, options.epochs, f"{options.output_root}/seed_recipe/seed_{seed}", group,
-                                  options.threads, options.max_steps)
-            append({**row, **context, "load_average_start": load, "load_average_end": os.getloadavg()[0]})
+        seed_recipes(options.seeds)
     elif options.mode == "product":
-        group = options.group or ("finetune_absa.py " + " ".join(extra)).strip()
-        for seed in options.seeds:
-            load = os.getloadavg()[0]
-            row = run_product(seed, extra, f"{options.output_root}/product_{slug(group)}", group)
-            append({**row, **context, "load_average_start": load, "load_average_end": os.getloadavg()[0]})
+        products(options.group or ("finetune_absa.py " + " ".join(extra)).strip(), extra)
     else:  # sweep on validation, one seed: the choice never looks at test
         for value in options.values:
-            group = f"sweep {options.flag}={value} " + " ".join(extra)
-            row = run_product(options.seeds[0], [f"--{options.flag}", value, *extra],
-                              f"{options.output_root}/sweep_{options.flag}_{value}", group.strip())
-            append({**row, **context, "load_average_start": None, "load_average_end": os.getloadavg()[0]})
+            group = (f"sweep {options.flag}={value} " + " ".join(extra)).strip()
+            record(run_product, options.seeds[0], [f"--{options.flag}", value, *extra],
+                   f"{options.output_root}/sweep_{options.flag}_{value}", group)
         print("choose by best_validation (loss, then macro-F1); test numbers of a sweep are not used for the choice")
-
 
 if __name__ == "__main__":
     main()

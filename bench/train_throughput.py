@@ -42,6 +42,7 @@ torch.matmul products with the same thread count.
 from __future__ import annotations
 
 import argparse
+import copy
 import multiprocessing
 import os
 import sys
@@ -59,43 +60,41 @@ import torch  # noqa: E402
 TRAINER_B = {"kind": "trainer", "pad": benchlib.SEED_PAD, "bf16": False, "group": False}
 TRAINER_C = {"kind": "trainer", "pad": None, "bf16": True, "group": True}
 TRAINER_C_FP32 = {"kind": "trainer", "pad": None, "bf16": False, "group": True}
-PRODUCT = {"kind": "product"}  # finetune_absa.py's defaults, whatever they are now
-PRODUCT_FP32 = {"kind": "product", "settings": {"mixed_precision": "no"}}
+SETTINGS = ("mixed_precision", "pad_to_multiple_of", "num_workers", "fused_adamw")  # finetune_absa.py settings
 
 
-def without(**changes) -> dict:
-    """The product's defaults with one thing changed."""
-    spec = {"kind": "product", "settings": {}}
+def product(base: dict | None = None, **changes) -> dict:
+    """A product run: `base` (default: finetune_absa.py's defaults, whatever they are now) with `changes`.
+    finetune_absa.py settings go to its Settings; the rest are this bench's switches (optim, attn, compile,
+    threads, share_texts, env)."""
+    spec = {"kind": "product", **copy.deepcopy(base or {})}
+    spec.setdefault("settings", {})
     for key, value in changes.items():
-        if key in ("mixed_precision", "fused_adamw"):
-            spec["settings"][key] = value
-        else:
-            spec[key] = value
+        (spec["settings"] if key in SETTINGS else spec)[key] = value
     return spec
+
+
+PRODUCT = product()
+# The product before the levers: fp32, for-loop AdamW, SDPA, one encoder pass per aspect.
+BEFORE_LEVERS = {"settings": {"mixed_precision": "no"}, "optim": "forloop", "attn": "sdpa", "compile": False,
+                 "threads": None, "share_texts": False}
 
 
 def lever(**changes) -> dict:
-    """A product run with explicit settings, independent of the product's current defaults (the base is the
-    product before the levers: fp32, for-loop AdamW, SDPA, one encoder pass per aspect)."""
-    spec = {"kind": "product", "settings": {"mixed_precision": "no"}, "optim": "forloop", "attn": "sdpa",
-            "compile": False, "threads": None, "share_texts": False}
-    for key, value in changes.items():
-        if key in ("mixed_precision", "pad_to_multiple_of", "num_workers", "fused_adamw"):
-            spec["settings"][key] = value
-        else:
-            spec[key] = value
-    return spec
+    """A product run with explicit settings, independent of the product's current defaults."""
+    return product(BEFORE_LEVERS, **changes)
 
 
 SETS = {
-    "contenders": {"a": PRODUCT, "a_fp32": PRODUCT_FP32, "b": TRAINER_B, "c": TRAINER_C, "c_fp32": TRAINER_C_FP32},
+    "contenders": {"a": PRODUCT, "a_fp32": product(mixed_precision="no"), "b": TRAINER_B, "c": TRAINER_C,
+                   "c_fp32": TRAINER_C_FP32},
     "defaults": {  # what each of the product's speed defaults is worth now: the defaults, then one thing undone
         "product defaults": PRODUCT,
-        "- shared sentence encoding": without(share_texts=False),
-        "- bf16 autocast (fp32)": without(mixed_precision="no"),
-        "- fused AdamW (for-loop)": without(fused_adamw=False),
-        "+ eager attention": without(attn="eager"),
-        "+ torch.compile dynamic": without(compile=True),
+        "- shared sentence encoding": product(share_texts=False),
+        "- bf16 autocast (fp32)": product(mixed_precision="no"),
+        "- fused AdamW (for-loop)": product(fused_adamw=False),
+        "+ eager attention": product(attn="eager"),
+        "+ torch.compile dynamic": product(compile=True),
     },
     "levers": {
         "fp32, for-loop AdamW (product at HEAD)": lever(),
