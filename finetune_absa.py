@@ -5,7 +5,7 @@
     accelerate launch --config_file accelerate_configs/large.yaml finetune_absa.py --model_name_or_path roberta-large
     ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 finetune_absa.py ...   # several CPU processes (gloo)
 
-Reads top to bottom: settings, data, model, optimizer, loop (absa/loop.py), test, results.
+Reads top to bottom: settings, data, model, optimizer, loop (absa/training.py), test, results.
 `python finetune_absa.py --help` lists every setting; a single YAML / JSON file of settings works too.
 """
 
@@ -18,10 +18,13 @@ from dataclasses import dataclass, field
 import datasets
 import transformers
 
+import torch
+
 from absa.aspects import AspectCollator, encode_absa_splits
+from absa.batches import make_dataloaders
 from absa.data import DEFAULT_LABELS, load_absa_splits
-from absa.loop import (BEST_MODEL, LoopSettings, check_settings, clear_output_dir, end_run, fit,
-                       make_accelerator, make_dataloaders, make_optimizer, make_scheduler, parse_settings, predict,
+from absa.training import (BEST_MODEL, LoopSettings, check_settings, clear_output_dir, end_run, fit,
+                       make_accelerator, make_optimizer, make_scheduler, parse_settings, predict,
                        prepare_output_dir, run_for_seeds, run_summary)
 from absa.metrics import single_label_metrics
 from absa.model import POOLINGS, AbsaClassifier, load_tokenizer
@@ -93,7 +96,7 @@ def main(settings: Settings) -> dict:
         return single_label_metrics(logits, labels, settings.label_names)
 
     state = fit(accelerator, model, optimizer, scheduler, train_loader, validation_loader, compute_metrics,
-                settings, tokenizer)
+                settings, tokenizer, compute_loss=lambda logits, labels: torch.nn.functional.cross_entropy(logits.float(), labels))
 
     # Test: reload the best model and evaluate it once.
     del model, optimizer

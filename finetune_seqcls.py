@@ -8,7 +8,7 @@
     ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 finetune_seqcls.py ...   # several CPU processes (gloo)
 
 The task is read from the labels (see absa/text_data.py) or forced with --task. Reads top to bottom: settings,
-data, model, optimizer, loop (absa/loop.py, shared with finetune_absa.py), test, results, predictions.
+data, model, optimizer, loop (absa/training.py, shared with finetune_absa.py), test, results, predictions.
 OUTPUT/best_model is an ordinary AutoModelForSequenceClassification folder (id2label, label2id, problem_type set):
 `transformers.pipeline("text-classification", model="OUTPUT/best_model")` loads it, and --predict_file / --text
 predict through exactly that pipeline.
@@ -30,10 +30,11 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForSequenceClassification, DataCollatorWithPadding
 
+from absa.batches import make_dataloaders
 from absa.files import DataError
 from absa.launch import fsdp_wrap_classes
-from absa.loop import (BEST_MODEL, LoopSettings, check_settings, clear_output_dir, end_run, fit,
-                       make_accelerator, make_dataloaders, make_optimizer, make_scheduler, parse_settings, predict,
+from absa.training import (BEST_MODEL, LoopSettings, check_settings, clear_output_dir, end_run, fit,
+                       make_accelerator, make_optimizer, make_scheduler, parse_settings, predict,
                        prepare_output_dir, run_for_seeds, run_summary)
 from absa.metrics import best_threshold, multi_label_metrics, regression_metrics, scalar_metrics, single_label_metrics
 from absa.model import loading_error, load_tokenizer, resolve_model_path
@@ -161,8 +162,15 @@ def main(settings: Settings) -> dict:
             return multi_label_metrics(logits, labels, data.label_names, threshold)
         return regression_metrics(logits[:, 0], labels)
 
+    def compute_loss(output, labels):  # temporary: the model's own loss (problem_type)
+        return {"single_label": lambda: torch.nn.functional.cross_entropy(output.logits.float(), labels),
+                "multi_label": lambda: torch.nn.functional.binary_cross_entropy_with_logits(output.logits.float(),
+                                                                                            labels.float()),
+                "regression": lambda: torch.nn.functional.mse_loss(output.logits.float().squeeze(-1),
+                                                                   labels.float())}[data.task]()
+
     state = fit(accelerator, model, optimizer, scheduler, train_loader, validation_loader, compute_metrics,
-                settings, tokenizer)
+                settings, tokenizer, compute_loss)
 
     # Test: reload the best model (a plain from_pretrained, as any user would) and evaluate it once.
     del model, optimizer

@@ -10,7 +10,7 @@
 Reads top to bottom: arguments, then each mode as data -> model -> predict -> write (input problems show before a
 model loads). `evaluate` and `predict
 --input` share the inputs between processes through a prepared DataLoader and collect the outputs with
-`gather_for_metrics` (absa.loop.predict), so N inputs give exactly N outputs in input order on any number of
+`gather_for_metrics` (absa.training.predict), so N inputs give exactly N outputs in input order on any number of
 processes; only the main process prints and writes. `predict --text` is a handful of inputs: it runs on the main
 process alone, through the Python API (absa.predict.AbsaPredictor).
 """
@@ -38,7 +38,7 @@ from absa.aspects import AspectCollator
 from absa.data import read_absa_file, load_absa_splits
 from absa.files import DataError, read_rows
 from absa.launch import check_distributed_setup
-from absa.loop import end_run, predict as gather_logits
+from absa.training import end_run, predict as gather_logits
 from absa.metrics import single_label_metrics
 from absa.predict import (DTYPES, MARK_END, MARK_START, AbsaPredictor, AspectError, AspectSpan, autocast,
                           default_max_length, encode_spans, in_input_order, label_names_of, length_sorted_loader,

@@ -20,6 +20,19 @@ TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "dev", "val"), "test": ("test",)}
 
 
+def is_missing(value) -> bool:
+    """The one rule for "no value" in every reader: None, NaN (float, numpy, pandas NA), or a string that is empty,
+    white space, or "NaN" / "nan" (what spreadsheets and pandas write for an empty cell)."""
+    if value is None or value is pd.NA:
+        return True
+    if isinstance(value, str):
+        return value.strip().lower() in ("", "nan")
+    try:
+        return bool(value != value)  # NaN is the only value not equal to itself
+    except (TypeError, ValueError):  # arrays, lists: values, not missing
+        return False
+
+
 class DataError(ValueError):
     """Bad input data: says where (file, row, field) and what is wrong."""
 

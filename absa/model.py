@@ -20,7 +20,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
-from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from .aspects import require_fast_tokenizer
@@ -135,7 +134,8 @@ class AbsaClassifier(nn.Module):
     def gradient_checkpointing_enable(self, **kwargs):
         self.encoder.gradient_checkpointing_enable(**kwargs)
 
-    def forward(self, input_ids, attention_mask, aspect_mask, labels=None, sequence_index=None, **encoder_inputs):
+    def forward(self, input_ids, attention_mask, aspect_mask, sequence_index=None, **encoder_inputs) -> torch.Tensor:
+        """Logits [aspects, labels]. The loss is the training script's (a visible line there, easy to change)."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **encoder_inputs).last_hidden_state
         if sequence_index is not None:  # several aspects of one encoded sentence (AspectCollator(share_texts=True))
             hidden = hidden.index_select(0, sequence_index)
@@ -144,6 +144,4 @@ class AbsaClassifier(nn.Module):
             pooled = hidden.masked_fill(~mask, torch.finfo(hidden.dtype).min).amax(dim=1)
         else:
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
-        logits = self.classifier(self.dropout(pooled))
-        loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return self.classifier(self.dropout(pooled))

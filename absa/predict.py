@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from .aspects import AspectCollator, encode_aspect_batch
 from .data import find_occurrences
 from .launch import bf16_is_native
-from .loop import text_groups
+from .batches import text_groups
 from .model import AbsaClassifier, load_tokenizer
 
 MARK_START, MARK_END = "[B-ASP]", "[E-ASP]"
@@ -221,7 +221,7 @@ def encode_spans(tokenizer, spans: Sequence[AspectSpan], max_length: int, labels
                  source: str = "input") -> list[dict]:
     """Collator features (input_ids, attention_mask, aspect_mask) for each span, with `labels` riding along.
 
-    `labels` defaults to the position of each span. `absa.loop.predict` gathers whatever is under "labels"
+    `labels` defaults to the position of each span. `absa.training.predict` gathers whatever is under "labels"
     together with the logits and never shows it to the model, so carrying the input position there tells which
     output belongs to which input, however the batches were sorted and shared between processes.
     """
@@ -373,5 +373,5 @@ class AbsaPredictor:
             for batch in loader:
                 all_positions.append(batch.pop("labels"))
                 batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
-                all_logits.append(self.model(**batch).logits.float().cpu())
+                all_logits.append(self.model(**batch).float().cpu())
         return in_input_order(torch.cat(all_logits).numpy(), torch.cat(all_positions).numpy())

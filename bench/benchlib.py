@@ -179,15 +179,29 @@ def seed_training_arguments(output_dir: str, *, bf16: bool, group_by_length: boo
         dataloader_num_workers=0, remove_unused_columns=True)
 
 
-def trainer_model(seed: int = 42, pooling: str = "max"):
-    """The TD-BERT model of the seed recipe: the product's AbsaClassifier (aspect tokens max-pooled), plain module.
+class TrainerTdBert(torch.nn.Module):
+    """The product's AbsaClassifier with the seed recipe's loss inside forward, as the Trainer expects.
 
-    `accepts_loss_kwargs = False`: the Trainer would otherwise pass `num_items_in_batch` into forward (it has
-    **kwargs), which a plain TD-BERT module does not take.
+    `accepts_loss_kwargs = False`: the Trainer would otherwise pass `num_items_in_batch` into forward.
     """
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.config = model.config
+
+    def forward(self, labels=None, **batch):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+        logits = self.model(**batch)
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def trainer_model(seed: int = 42, pooling: str = "max"):
+    """The TD-BERT model of the seed recipe: the product's AbsaClassifier (aspect tokens max-pooled), loss inside."""
     from transformers import set_seed
     from absa.model import AbsaClassifier
     set_seed(seed)
-    model = AbsaClassifier.from_encoder(MODEL, LABELS, pooling)
-    model.accepts_loss_kwargs = False
-    return model
+    return TrainerTdBert(AbsaClassifier.from_encoder(MODEL, LABELS, pooling))

@@ -64,7 +64,7 @@ class SeedPredictor:
         with torch.no_grad():
             for first in range(0, len(features), 16):
                 batch = self.collator(features[first:first + 16])
-                labels.append(self.model(**batch).logits.argmax(dim=-1))
+                labels.append(self.model(**batch).argmax(dim=-1))
         return torch.cat(labels).numpy()
 
 

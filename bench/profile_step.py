@@ -3,7 +3,7 @@
     python bench/profile_step.py                         # bf16 autocast + fused AdamW (--mixed_precision auto here)
     python bench/profile_step.py --mixed-precision no    # fp32
 
-The step is absa.loop.fit's: forward under the accelerator's autocast, accelerator.backward, clip_grad_norm_ (1.0),
+The step is absa.training.fit's: forward under the accelerator's autocast, accelerator.backward, clip_grad_norm_ (1.0),
 optimizer.step, scheduler.step, zero_grad(set_to_none=True); model, optimizer and scheduler come from the product's
 functions, the batches from its length-grouped sampler (epoch 0, seed 42) on Laptop14 train. After --warmup steps,
 --steps steps are profiled; the table groups operators into what they are for.
@@ -50,7 +50,8 @@ def main() -> None:
     import finetune_absa
     from torch.profiler import ProfilerActivity, profile
     from absa.aspects import AspectCollator, encode_absa_splits
-    from absa.loop import make_accelerator, make_dataloaders, make_optimizer, make_scheduler
+    from absa.batches import make_dataloaders
+    from absa.training import make_accelerator, make_optimizer, make_scheduler
     from absa.model import AbsaClassifier, load_tokenizer
 
     command = benchlib.command_line()
@@ -70,10 +71,11 @@ def main() -> None:
     model.train()
     batches = iter(train_loader)
 
-    def step():  # absa.loop.fit's step (gradient accumulation 1)
+    def step():  # absa.training.fit's step (gradient accumulation 1)
         batch = next(batches)
         with accelerator.accumulate(model):
-            loss = model(**batch).loss
+            labels = batch.pop("labels")
+            loss = torch.nn.functional.cross_entropy(model(**batch).float(), labels)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)

@@ -10,7 +10,7 @@ after finetune_absa.py carves 10 % for validation, tokenized by the product, max
 
 Contenders (each in its own process, started one after the other; all use the same thread count):
   a       finetune_absa.py with its defaults, through the product's own code: encode_absa_splits, make_dataloaders,
-          AbsaClassifier, make_optimizer, make_scheduler, make_accelerator and `absa.loop.fit` itself. The only
+          AbsaClassifier, make_optimizer, make_scheduler, make_accelerator and `absa.training.fit` itself. The only
           addition is a wrapper around the train loader that pauses the loop between measuring rounds. Defaults:
           --mixed_precision auto (bf16 autocast on this CPU: AVX512-BF16), fused AdamW, length-grouped batches,
           and the aspects of one sentence encoded once per batch (AspectCollator(share_texts=True)).
@@ -231,7 +231,8 @@ def run_product(spec: dict, pacer: Pacer, workdir: str) -> dict:
     import finetune_absa
     from absa.aspects import AspectCollator, encode_absa_splits
     from absa.data import load_absa_splits
-    from absa.loop import (check_settings, clear_output_dir, fit, make_accelerator, make_dataloaders,
+    from absa.batches import make_dataloaders
+    from absa.training import (check_settings, clear_output_dir, fit, make_accelerator,
                            make_optimizer, make_scheduler, prepare_output_dir)
     from absa.metrics import single_label_metrics
     from absa.model import AbsaClassifier, load_tokenizer
@@ -268,7 +269,8 @@ def run_product(spec: dict, pacer: Pacer, workdir: str) -> dict:
         return single_label_metrics(logits, labels, settings.label_names)
 
     fit(accelerator, model, optimizer, scheduler, PacedLoader(train_loader, pacer), validation_loader,
-        compute_metrics, settings, tokenizer)
+        compute_metrics, settings, tokenizer,
+        compute_loss=lambda logits, labels: torch.nn.functional.cross_entropy(logits.float(), labels))
     inner = optimizer.optimizer
     return {"precision": accelerator.mixed_precision if accelerator.mixed_precision != "no" else "fp32",
             "attention": accelerator.unwrap_model(model).config._attn_implementation,

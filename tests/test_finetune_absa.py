@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 import finetune_absa
-from absa.loop import EarlyStopping, parse_settings
+from absa.training import EarlyStopping, parse_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 ASPECTS = ["screen", "battery", "keyboard", "price", "speaker", "camera", "touchpad", "fan"]
@@ -112,7 +112,7 @@ def test_best_model_reloads_with_the_validation_metrics_it_was_chosen_for(tiny_m
     labels = batch.pop("labels")
     as_in_the_run = torch.autocast("cpu", dtype=torch.bfloat16, enabled=results["mixed_precision"] == "bf16")
     with torch.no_grad(), as_in_the_run:
-        logits = model(**batch).logits.float()
+        logits = model(**batch).float()
     metrics = single_label_metrics(logits.numpy(), labels.numpy(), finetune_absa.Settings().label_names)
     assert metrics["loss"] == pytest.approx(results["best_validation"]["loss"], abs=1e-5)
     assert metrics["accuracy"] == results["best_validation"]["accuracy"]
@@ -140,7 +140,7 @@ def test_early_stopping_on_a_scripted_sequence():
 def test_sampler_keeps_a_sentences_aspects_together_and_depends_only_on_the_epoch():
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
-    from absa.loop import EpochSeededSampler, text_groups
+    from absa.batches import EpochSeededSampler, text_groups
     rng = random.Random(0)
     inputs = [[sentence] * length for sentence in range(60) for length in [rng.randint(3, 40)]
               for _ in range(rng.randint(1, 4))]
@@ -168,8 +168,8 @@ def test_sampler_keeps_a_sentences_aspects_together_and_depends_only_on_the_epoc
 @pytest.mark.parametrize("native,launched,expected", [(True, None, "bf16"), (False, None, "no"),
                                                       (True, "no", "no")])
 def test_mixed_precision_auto(monkeypatch, tmp_path, native, launched, expected):
-    from absa.loop import LoopSettings, make_accelerator
-    monkeypatch.setattr("absa.loop.bf16_is_native", lambda device: native)
+    from absa.training import LoopSettings, make_accelerator
+    monkeypatch.setattr("absa.training.bf16_is_native", lambda device: native)
     if launched:  # what `accelerate launch` exports from its config
         monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launched)
     else:
@@ -234,7 +234,7 @@ def test_finished_run_is_not_overwritten_and_bad_resume_is_refused(tiny_model_di
 
 
 def test_several_seeds_report_mean_and_range(tiny_model_dirs, synthetic_folder, tmp_path):
-    from absa.loop import run_for_seeds
+    from absa.training import run_for_seeds
 
     settings = parse_settings(finetune_absa.Settings, [
         "--model_name_or_path", str(tiny_model_dirs["bert"]), "--dataset", str(synthetic_folder),

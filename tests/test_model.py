@@ -55,6 +55,13 @@ def copy_of(loaded, family, pooling="max") -> AbsaClassifier:
     return model
 
 
+def forward(model, batch):
+    """(logits, cross-entropy loss) the way finetune_absa.py computes them: the model returns logits."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs)
+    return logits, torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
+
+
 @pytest.mark.parametrize("pooling", POOLINGS)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_forward_backward_every_parameter_gets_a_gradient(loaded, batches, family, pooling):
@@ -62,10 +69,10 @@ def test_forward_backward_every_parameter_gets_a_gradient(loaded, batches, famil
     model.train()
     batch = batches[family]
     assert model.pooling == pooling and model.config.absa_pooling == pooling
-    out = model(**batch)
-    assert out.logits.shape == (len(EXAMPLES), 3)
-    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
-    out.loss.backward()
+    logits, loss = forward(model, batch)
+    assert logits.shape == (len(EXAMPLES), 3)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
     names = [name for name, _ in model.named_parameters()]
     assert not [n for n in names if "pooler" in n], "the unused pooler would get no gradient (DDP refuses that)"
     without = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
@@ -95,9 +102,9 @@ def test_a_shared_text_gives_the_logits_and_gradients_of_separate_passes(tiny_mo
         batch = AspectCollator(tokenizer, share_texts=share)(features)
         assert batch["input_ids"].shape[0] == (2 if share else 3)
         model.zero_grad()
-        out = model(**batch)
-        out.loss.backward()
-        outputs[share] = out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+        logits, loss = forward(model, batch)
+        loss.backward()
+        outputs[share] = logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
     torch.testing.assert_close(outputs[True][0], outputs[False][0], rtol=1e-5, atol=1e-6)
     assert not torch.allclose(outputs[True][0][0], outputs[True][0][2])  # two aspects, two answers
     for name, grad in outputs[True][1].items():
@@ -110,9 +117,9 @@ def test_pooling_is_max_or_mean_over_the_aspect_tokens(loaded, batches, family):
     batch = batches[family]
     with torch.no_grad():
         hidden = model.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        logits_max = model(**batch).logits
+        logits_max = forward(model, batch)[0]
         model.pooling = "mean"
-        logits_mean = model(**batch).logits
+        logits_mean = forward(model, batch)[0]
     mask = batch["aspect_mask"]
     expected_max = torch.stack([hidden[i][mask[i]].max(dim=0).values for i in range(len(mask))])
     expected_mean = torch.stack([hidden[i][mask[i]].mean(dim=0) for i in range(len(mask))])
@@ -127,11 +134,11 @@ def test_pooling_really_uses_the_aspect(loaded, batches, family, pooling):
     model = copy_of(loaded, family, pooling).eval()
     batch = dict(batches[family])
     with torch.no_grad():
-        before = model(**batch).logits
+        before = forward(model, batch)[0]
         other = torch.zeros_like(batch["aspect_mask"])
         other[:, 1] = True  # the first real token instead of the aspect; nothing else changes
         assert not torch.equal(other, batch["aspect_mask"])
-        after = model(**{**batch, "aspect_mask": other}).logits
+        after = forward(model, {**batch, "aspect_mask": other})[0]
     changed = [not torch.allclose(before[i], after[i], atol=1e-5) for i in range(len(EXAMPLES))]
     assert all(changed), changed
 
@@ -142,7 +149,7 @@ def test_save_and_reload_gives_identical_logits(loaded, batches, tmp_path, famil
     model = copy_of(loaded, family, pooling).eval()
     batch = batches[family]
     with torch.no_grad():
-        logits = model(**batch).logits
+        logits = forward(model, batch)[0]
     folder = tmp_path / "best_model"
     model.save_pretrained(folder)
     config = json.loads((folder / "config.json").read_text())
@@ -154,7 +161,7 @@ def test_save_and_reload_gives_identical_logits(loaded, batches, tmp_path, famil
     reloaded = AbsaClassifier.from_pretrained(folder).eval()
     assert reloaded.pooling == pooling and reloaded.config.id2label == dict(enumerate(DEFAULT_LABELS))
     with torch.no_grad():
-        again = reloaded(**batch).logits
+        again = forward(reloaded, batch)[0]
     assert torch.equal(logits, again)
     assert not [k for k in load_file(folder / WEIGHTS_NAME) if "pooler" in k]
 
@@ -164,7 +171,7 @@ def test_custom_labels_and_pooling_survive_a_reload(tiny_model_dirs, batches, tm
     model = new_model(tiny_model_dirs["deberta-v2"], "mean", labels=labels).eval()
     assert model.config.absa_pooling == "mean" and model.config.num_labels == 4
     with torch.no_grad():
-        logits = model(**{k: v for k, v in batches["deberta-v2"].items() if k != "labels"}).logits
+        logits = model(**{k: v for k, v in batches["deberta-v2"].items() if k != "labels"})
     assert logits.shape == (len(EXAMPLES), 4)
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
@@ -174,7 +181,7 @@ def test_custom_labels_and_pooling_survive_a_reload(tiny_model_dirs, batches, tm
     reloaded = AbsaClassifier.from_pretrained(tmp_path).eval()
     assert reloaded.pooling == "mean"
     with torch.no_grad():
-        assert torch.equal(reloaded(**{k: v for k, v in batches["deberta-v2"].items() if k != "labels"}).logits,
+        assert torch.equal(reloaded(**{k: v for k, v in batches["deberta-v2"].items() if k != "labels"}),
                            logits)
 
 
@@ -248,7 +255,7 @@ def test_gradient_checkpointing(loaded, batches, family):
     model = copy_of(loaded, family, "mean")
     model.train()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model(**batches[family]).loss.backward()
+    forward(model, batches[family])[1].backward()
     assert all(p.grad is not None for p in model.parameters())
 
 
@@ -263,5 +270,5 @@ def test_real_embedded_minilm():
     batch = AspectCollator(tokenizer, pad_to_multiple_of=8)([encoded[0], encoded[1]])
     assert tokenizer.convert_ids_to_tokens(batch["input_ids"][1][batch["aspect_mask"][1]]) == ["operating", "system"]
     with torch.no_grad():
-        out = model(**batch)
-    assert out.logits.shape == (2, 3) and torch.isfinite(out.logits).all() and torch.isfinite(out.loss)
+        logits, loss = forward(model, batch)
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all() and torch.isfinite(loss)

@@ -116,7 +116,7 @@ def direct_probabilities(folder, spans) -> np.ndarray:
             aspect_mask = torch.zeros_like(encoding["input_ids"], dtype=torch.bool)
             aspect_mask[0, tokens] = True
             logits = model(input_ids=encoding["input_ids"], attention_mask=encoding["attention_mask"],
-                           aspect_mask=aspect_mask).logits
+                           aspect_mask=aspect_mask)
             rows.append(torch.softmax(logits.float(), dim=-1)[0].numpy())
     return np.stack(rows)
 

@@ -22,10 +22,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import parse_flag_from_env, set_seed
-from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, get_linear_schedule_with_warmup
-from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from .launch import bf16_is_native, check_distributed_setup
 from .metrics import is_better, scalar_metrics
@@ -181,71 +179,6 @@ def find_checkpoint(output_dir: Path, spec: str) -> Path:
     return path
 
 
-def text_groups(input_ids) -> list[list[int]]:
-    """Indices of identical inputs (in ABSA: the aspects of one sentence), grouped, in first-seen order."""
-    groups: dict[tuple, list[int]] = {}
-    for i, ids in enumerate(input_ids):
-        groups.setdefault(tuple(ids), []).append(i)
-    return list(groups.values())
-
-
-class EpochSeededSampler(Sampler):
-    """Shuffles with a generator seeded by seed + epoch (optionally grouping similar lengths into batches).
-
-    The order depends only on the epoch, so a resumed run sees exactly the batches the interrupted one would
-    have seen, and every process draws the same order before Accelerate shards it. With `groups`, whole groups
-    are shuffled and stay side by side (the aspects of one sentence land in one batch, encoded once).
-    """
-
-    def __init__(self, lengths, batch_size: int, seed: int, group_by_length: bool, groups=None):
-        self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
-        self.group_by_length = group_by_length
-        self.groups = groups or [[i] for i in range(len(self.lengths))]
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self):
-        return len(self.lengths)
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        if self.group_by_length:
-            lengths = [self.lengths[group[0]] for group in self.groups]
-            order = get_length_grouped_indices(lengths, self.batch_size, generator=generator)
-        else:
-            order = torch.randperm(len(self.groups), generator=generator).tolist()
-        return iter([i for group in order for i in self.groups[group]])
-
-
-def make_dataloaders(features, collator, settings: LoopSettings) -> dict[str, DataLoader]:
-    """The train loader (seeded, length-grouped) and one loader per evaluation split, sorted by length.
-
-    Identical inputs stay side by side in every loader, for a collator that encodes them once
-    (`AspectCollator(share_texts=True)`); with all inputs distinct the orders are the plain ones.
-    """
-    loaders = {}
-    for split, dataset in features.items():
-        input_ids = dataset["input_ids"]  # the whole column, read once
-        lengths = [len(ids) for ids in input_ids]
-        groups = text_groups(input_ids)
-        if split == "train":
-            sampler = EpochSeededSampler(lengths, settings.per_device_batch_size, settings.seed,
-                                         settings.group_by_length, groups)
-            # Its own generator: otherwise every new iterator draws a seed from the global RNG, and a resumed
-            # run's dropout masks would drift from the uninterrupted run's.
-            loaders[split] = DataLoader(dataset, batch_size=settings.per_device_batch_size, sampler=sampler,
-                                        collate_fn=collator, num_workers=settings.num_workers,
-                                        generator=torch.Generator().manual_seed(settings.seed))
-        else:  # evaluation order does not matter to metrics; sorting by length saves padding
-            order = sorted(groups, key=lambda group: lengths[group[0]])
-            loaders[split] = DataLoader(dataset.select([i for group in order for i in group]),
-                                        batch_size=settings.eval_batch_size, collate_fn=collator,
-                                        num_workers=settings.num_workers)
-    return loaders
-
-
 def make_optimizer(model: torch.nn.Module, settings: LoopSettings) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases and normalisation weights (all 1-D parameters); fused kernel by default.
 
@@ -331,7 +264,8 @@ def predict(accelerator: Accelerator, model, loader) -> tuple[np.ndarray, np.nda
     all_logits, all_labels = [], []
     for batch in loader:
         labels = batch.pop("labels", None)
-        logits = model(**batch).logits.float()
+        output = model(**batch)
+        logits = getattr(output, "logits", output).float()
         if labels is not None:
             logits, labels = accelerator.gather_for_metrics((logits, labels))
             all_labels.append(labels.cpu())
@@ -371,7 +305,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep:
 
 
 def fit(accelerator: Accelerator, model, optimizer, scheduler, train_loader, eval_loader, compute_metrics,
-        settings: LoopSettings, tokenizer) -> RunState:
+        settings: LoopSettings, tokenizer, compute_loss) -> RunState:
     """Train until num_epochs / max_steps or early stopping; the best model ends up in output_dir/best_model.
 
     `compute_metrics(logits, labels) -> dict` turns gathered validation outputs into metrics (loss included).
@@ -423,7 +357,8 @@ def fit(accelerator: Accelerator, model, optimizer, scheduler, train_loader, eva
         started, paused = time.perf_counter(), 0.0  # paused: evaluation and checkpoint time, not training
         for batch in loader:
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                labels = batch.pop("labels")
+                loss = compute_loss(model(**batch), labels)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and settings.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
@@ -433,7 +368,7 @@ def fit(accelerator: Accelerator, model, optimizer, scheduler, train_loader, eva
             running_loss += loss.detach()
             state.running_batches += 1
             state.batches_in_epoch += 1
-            state.train_samples += len(batch["labels"]) * accelerator.num_processes
+            state.train_samples += len(labels) * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
             state.global_step += 1

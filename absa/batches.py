@@ -1,0 +1,76 @@
+"""Batches: a seeded, length-grouped train sampler that keeps identical inputs together, and the data loaders.
+
+Generic (both fine-tuning scripts). Identical inputs are the aspects of one sentence in ABSA: TD-BERT encodes the
+sentence without the aspect, so `AspectCollator(share_texts=True)` encodes them once when they share a batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+from transformers.trainer_pt_utils import get_length_grouped_indices
+
+
+def text_groups(input_ids) -> list[list[int]]:
+    """Indices of identical inputs (in ABSA: the aspects of one sentence), grouped, in first-seen order."""
+    groups: dict[tuple, list[int]] = {}
+    for i, ids in enumerate(input_ids):
+        groups.setdefault(tuple(ids), []).append(i)
+    return list(groups.values())
+
+
+class EpochSeededSampler(Sampler):
+    """Shuffles with a generator seeded by seed + epoch (optionally grouping similar lengths into batches).
+
+    The order depends only on the epoch, so a resumed run sees exactly the batches the interrupted one would
+    have seen, and every process draws the same order before Accelerate shards it. With `groups`, whole groups
+    are shuffled and stay side by side (the aspects of one sentence land in one batch, encoded once).
+    """
+
+    def __init__(self, lengths, batch_size: int, seed: int, group_by_length: bool, groups=None):
+        self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
+        self.group_by_length = group_by_length
+        self.groups = groups or [[i] for i in range(len(self.lengths))]
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.group_by_length:
+            lengths = [self.lengths[group[0]] for group in self.groups]
+            order = get_length_grouped_indices(lengths, self.batch_size, generator=generator)
+        else:
+            order = torch.randperm(len(self.groups), generator=generator).tolist()
+        return iter([i for group in order for i in self.groups[group]])
+
+
+def make_dataloaders(features, collator, settings) -> dict[str, DataLoader]:
+    """The train loader (seeded, length-grouped) and one loader per evaluation split, sorted by length.
+
+    Identical inputs stay side by side in every loader, for a collator that encodes them once
+    (`AspectCollator(share_texts=True)`); with all inputs distinct the orders are the plain ones.
+    """
+    loaders = {}
+    for split, dataset in features.items():
+        input_ids = dataset["input_ids"]  # the whole column, read once
+        lengths = [len(ids) for ids in input_ids]
+        groups = text_groups(input_ids)
+        if split == "train":
+            sampler = EpochSeededSampler(lengths, settings.per_device_batch_size, settings.seed,
+                                         settings.group_by_length, groups)
+            # Its own generator: otherwise every new iterator draws a seed from the global RNG, and a resumed
+            # run's dropout masks would drift from the uninterrupted run's.
+            loaders[split] = DataLoader(dataset, batch_size=settings.per_device_batch_size, sampler=sampler,
+                                        collate_fn=collator, num_workers=settings.num_workers,
+                                        generator=torch.Generator().manual_seed(settings.seed))
+        else:  # evaluation order does not matter to metrics; sorting by length saves padding
+            order = sorted(groups, key=lambda group: lengths[group[0]])
+            loaders[split] = DataLoader(dataset.select([i for group in order for i in group]),
+                                        batch_size=settings.eval_batch_size, collate_fn=collator,
+                                        num_workers=settings.num_workers)
+    return loaders
