@@ -80,7 +80,8 @@ def main(settings: Settings) -> dict:
     clear_output_dir(accelerator, output_dir, resuming=bool(settings.resume_from_checkpoint))
 
     # Model and optimizer.
-    model = AbsaClassifier.from_encoder(settings.model_name_or_path, settings.label_names, settings.pooling)
+    model = AbsaClassifier.from_encoder(settings.model_name_or_path, settings.label_names, settings.pooling,
+                                        max_length=settings.max_length)
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     optimizer = make_optimizer(model, settings)

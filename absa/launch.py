@@ -87,8 +87,8 @@ def bf16_is_native(device) -> bool:
     """Whether `device` computes bf16 natively: CUDA GPUs with bf16, CPUs with AVX512-BF16 or AMX-BF16 (elsewhere
     bf16 is emulated and slower than fp32)."""
     device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # not counting emulation: pre-Ampere GPUs (T4, V100) emulate bf16, slowly
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
         capabilities = getattr(torch.cpu, "get_capabilities", dict)()
         return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))

@@ -91,8 +91,12 @@ class AbsaClassifier(nn.Module):
 
     @classmethod
     def from_encoder(cls, name_or_path: str, label_names, pooling: str = "max", dropout: float | None = None,
-                     **load_kwargs) -> "AbsaClassifier":
-        """A new ABSA model around a pretrained encoder (Hub name, folder, or embedded short name)."""
+                     max_length: int | None = None, **load_kwargs) -> "AbsaClassifier":
+        """A new ABSA model around a pretrained encoder (Hub name, folder, or embedded short name).
+
+        `max_length` (the training length) is recorded in the config as `absa_max_length`, so that prediction
+        cuts long texts where training did.
+        """
         path = resolve_model_path(name_or_path)
         id2label = dict(enumerate(label_names))
         try:
@@ -101,6 +105,8 @@ class AbsaClassifier(nn.Module):
         except Exception as error:  # noqa: BLE001 - turned into a message that says what to do
             raise loading_error(name_or_path, error) from None
         model = cls(encoder, pooling=pooling, dropout=dropout)
+        if max_length:
+            config.absa_max_length = int(max_length)
         nn.init.normal_(model.classifier.weight, std=getattr(config, "initializer_range", 0.02))
         nn.init.zeros_(model.classifier.bias)
         return model
