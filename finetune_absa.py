@@ -2,39 +2,44 @@
 
     python finetune_absa.py --model_name_or_path embedded-minilm --dataset data/sample_laptops
     python finetune_absa.py --dataset ../shared/data/semeval2014_laptops --output_dir runs/laptops
-    accelerate launch --config_file accelerate_configs/large.yaml finetune_absa.py --model_name_or_path roberta-large
+    accelerate launch --config_file accelerate_configs/large.yaml --num_processes 1 finetune_absa.py \
+        --model_name_or_path roberta-large
     ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 finetune_absa.py ...   # several CPU processes (gloo)
 
-Reads top to bottom: settings, data, model, optimizer, loop (absa/training.py), test, results.
+Reads top to bottom: settings, data, model, optimizer and schedule, `accelerator.prepare`, the training loop
+(loss, backward, clipping, step; evaluation, best model, early stopping, checkpoints), one test evaluation,
+results. To change the loss or the step, edit the loop below; `absa/` holds only what surrounds it.
 `python finetune_absa.py --help` lists every setting; a single YAML / JSON file of settings works too.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import datasets
-import transformers
-
+import numpy as np
 import torch
+import transformers
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
 
 from absa.aspects import AspectCollator, encode_absa_splits
 from absa.batches import make_dataloaders
 from absa.data import DEFAULT_LABELS, load_absa_splits
-from absa.training import (BEST_MODEL, LoopSettings, check_settings, clear_output_dir, end_run, fit,
-                       make_accelerator, make_optimizer, make_scheduler, parse_settings, predict,
-                       prepare_output_dir, run_for_seeds, run_summary)
+from absa.files import DataError
 from absa.metrics import single_label_metrics
 from absa.model import POOLINGS, AbsaClassifier, load_tokenizer
 from absa.reports import plot_confusion_matrix, plot_curves, write_json
+from absa.training import (BEST_MODEL, RunState, TrainingSettings, clear_output_dir, finish_run, load_best_weights,
+                           make_accelerator, optimizer_steps, parse_settings, prepare_output_dir, report_evaluation,
+                           run_for_seeds, run_summary, save_best_model, save_checkpoint)
 
 METRICS = ("loss", "accuracy", "macro_f1", "macro_precision", "macro_recall")
 
 
 @dataclass
-class Settings(LoopSettings):
+class Settings(TrainingSettings):
     # The seed tutorial's recipe; every value can be overridden on the command line.
     model_name_or_path: str = "roberta-base"
     dataset: str = field(default="yqzheng/semeval2014_laptops", metadata={"help": "Hub name or local folder "
@@ -44,80 +49,150 @@ class Settings(LoopSettings):
     test_file: str | None = None
     label_names: list[str] = field(default_factory=lambda: list(DEFAULT_LABELS), metadata={"help": "Class "
                                    "names in label-id order, e.g. against neither 'in favor' for stance."})
-    pooling: str = field(default="max", metadata={"help": f"How the aspect's token states are pooled: {POOLINGS}."})
+    pooling: str = field(default="max", metadata={"choices": POOLINGS, "help": "How the aspect's token states "
+                                                                                 "are pooled."})
+    metric_for_best_model: str = field(default="loss", metadata={"choices": METRICS})
     output_dir: str = "runs/absa"
     learning_rate: float = 1e-5
     per_device_batch_size: int = 16
-    weight_decay: float = 0.01
     warmup_steps: int = 100
     num_epochs: int = 8
     early_stopping_patience: int = 3
-    metric_for_best_model: str = "loss"
     max_length: int = 128
     # bf16 autocast where the hardware computes bf16 natively (an accelerate config's choice wins): the same
-    # validation loss as fp32 on Laptop14, 1.24x faster on a CPU with AVX512-BF16 (bench/README.md).
-    mixed_precision: str | None = field(default="auto",
-                                        metadata=LoopSettings.__dataclass_fields__["mixed_precision"].metadata)
+    # validation loss as fp32 on Laptop14 (bench/README.md).
+    mixed_precision: str | None = "auto"
+
+
+@torch.no_grad()  # not inference_mode: that breaks the first forward of a freshly sharded FSDP2 model
+def evaluate(accelerator, model, loader) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of every example of `loader`, gathered from all processes, each example exactly once."""
+    model.eval()
+    all_logits, all_labels = [], []
+    for batch in loader:
+        labels = batch.pop("labels")
+        logits, labels = accelerator.gather_for_metrics((model(**batch).float(), labels))
+        all_logits.append(logits.cpu())
+        all_labels.append(labels.cpu())
+    model.train()
+    return torch.cat(all_logits).numpy(), torch.cat(all_labels).numpy()
 
 
 def main(settings: Settings) -> dict:
     started = time.time()
-    check_settings(settings, METRICS)
-    output_dir = prepare_output_dir(settings)
     accelerator = make_accelerator(settings)
+    output_dir = prepare_output_dir(accelerator, settings)  # refuses to overwrite a run; finds the checkpoint
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()  # the "unused pooler weights" load report is expected
 
-    # Data: train / validation / test with text, aspect, start, end, label; validation carved from train if absent.
+    # Data: text, aspect, start, end, label; a validation split is carved from train when there is none.
     splits = load_absa_splits(settings.dataset, train_file=settings.train_file,
                               validation_file=settings.validation_file, test_file=settings.test_file,
                               label_names=settings.label_names, validation_fraction=settings.validation_fraction,
                               seed=settings.seed, select_on_test=settings.select_on_test)
+    test_split = "test" if "test" in splits else "validation"
     tokenizer = load_tokenizer(settings.model_name_or_path)
     features = encode_absa_splits(splits, tokenizer, settings.max_length)
-    loaders = make_dataloaders(features, AspectCollator(tokenizer, settings.pad_to_multiple_of), settings)
+    # The aspects of one sentence share a batch, and the collator encodes that sentence once.
+    loaders = make_dataloaders(features, AspectCollator(tokenizer, settings.pad_to_multiple_of), settings,
+                               keep_identical_inputs_together=True)
     accelerator.print({split: len(rows) for split, rows in splits.items()})
-    clear_output_dir(accelerator, output_dir, resuming=bool(settings.resume_from_checkpoint))
+    clear_output_dir(accelerator, output_dir, settings)
 
-    # Model and optimizer.
+    # Model, optimizer (no weight decay on biases and LayerNorm weights) and schedule.
     model = AbsaClassifier.from_encoder(settings.model_name_or_path, settings.label_names, settings.pooling,
                                         max_length=settings.max_length)
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    optimizer = make_optimizer(model, settings)
+    if settings.freeze_word_embeddings:
+        model.get_input_embeddings().requires_grad_(False)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": [p for p in trained if p.ndim >= 2]},
+                                   {"params": [p for p in trained if p.ndim < 2], "weight_decay": 0.0}],
+                                  lr=settings.learning_rate, weight_decay=settings.weight_decay,
+                                  fused=settings.fused_adamw or None)
     train_loader, validation_loader, test_loader = accelerator.prepare(
-        loaders["train"], loaders["validation"], loaders.get("test", loaders["validation"]))
-    scheduler = make_scheduler(optimizer, settings, train_loader, accelerator)
+        loaders["train"], loaders["validation"], loaders[test_split])
+    total_steps = optimizer_steps(settings, len(train_loader))
+    # A prepared scheduler steps once per process at every optimizer step, hence the factor.
+    scheduler = get_linear_schedule_with_warmup(optimizer, settings.warmup_steps * accelerator.num_processes,
+                                                total_steps * accelerator.num_processes)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    # Where the run is; saved with every checkpoint, so resuming continues exactly (the same batches too).
+    run = RunState()
+    accelerator.register_for_checkpointing(run)
+    if settings.resume_from_checkpoint:
+        accelerator.load_state(settings.resume_from_checkpoint)
+        accelerator.print(f"resumed from {settings.resume_from_checkpoint} (epoch {run.epoch + 1}, step {run.step})")
     if settings.report_to:
-        accelerator.init_trackers("finetune_absa", config={k: str(v) for k, v in dataclasses.asdict(settings).items()})
+        accelerator.init_trackers("finetune_absa", config={k: str(v) for k, v in asdict(settings).items()})
 
-    # The loop: train, evaluate on validation, keep the best model, checkpoint, stop early.
-    def compute_metrics(logits, labels):
-        return single_label_metrics(logits, labels, settings.label_names)
+    progress = tqdm(total=total_steps, initial=run.step, desc="training", disable=not accelerator.is_main_process)
+    stop = run.at_max_steps(settings)
+    while run.epoch < settings.num_epochs and not stop:
+        train_loader.set_epoch(run.epoch)
+        # A resumed run skips the batches of this epoch it already trained on.
+        batches = accelerator.skip_first_batches(train_loader, run.batches_in_epoch) if run.batches_in_epoch \
+            else train_loader
+        model.train()
+        run.restart_clock()
+        for batch in batches:
+            with accelerator.accumulate(model):
+                labels = batch.pop("labels")
+                logits = model(**batch)
+                loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and settings.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            run.batch_done(loss, len(labels) * accelerator.num_processes)
+            if not accelerator.sync_gradients:
+                continue
+            run.step += 1
+            progress.update()
+            end_of_epoch = run.batches_in_epoch == len(train_loader)
 
-    state = fit(accelerator, model, optimizer, scheduler, train_loader, validation_loader, compute_metrics,
-                settings, tokenizer, compute_loss=lambda logits, labels: torch.nn.functional.cross_entropy(logits.float(), labels))
+            if run.evaluation_due(settings, end_of_epoch):
+                logits, labels = evaluate(accelerator, model, validation_loader)
+                metrics = single_label_metrics(logits, labels, settings.label_names)
+                if run.record_evaluation(accelerator, metrics, settings):  # a new best (decided once, shared)
+                    save_best_model(accelerator, model, tokenizer, output_dir / BEST_MODEL)
+                report_evaluation(accelerator, run, output_dir, progress)
+                if accelerator.is_main_process and run.patience_used_up(settings):
+                    accelerator.set_trigger()
+                stop = accelerator.check_trigger() or run.at_max_steps(settings)
+            if end_of_epoch:
+                run.epoch, run.batches_in_epoch = run.epoch + 1, 0
+            if run.checkpoint_due(settings, end_of_epoch):
+                save_checkpoint(accelerator, output_dir, run.step, settings.keep_checkpoints)
+            run.restart_clock()  # evaluation and checkpoint time is not training time
+            if stop:
+                break
+    progress.close()
 
-    # Test: reload the best model and evaluate it once.
-    del model, optimizer
-    accelerator.free_memory()
-    best_model = accelerator.prepare(AbsaClassifier.from_pretrained(output_dir / BEST_MODEL))
-    test_split = "test" if "test" in loaders else "validation"
-    test = compute_metrics(*predict(accelerator, best_model, test_loader))
+    # Test: the best weights back into the prepared model, then one evaluation.
+    load_best_weights(accelerator, model, output_dir / BEST_MODEL)
+    logits, labels = evaluate(accelerator, model, test_loader)
+    test = single_label_metrics(logits, labels, settings.label_names)
 
     results = {"test_split": test_split, "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
-               "test": test, **run_summary(accelerator, state, settings, started)}
+               "test": test, **run_summary(accelerator, run, settings, started)}
     if accelerator.is_main_process:
         write_json(output_dir / "results.json", results)
         plot_confusion_matrix(test["confusion_matrix"], settings.label_names, output_dir / "confusion_matrix.png")
-        plot_curves(state.history, output_dir / "curves.png")
-        accelerator.print(f"test ({test_split}): accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}; "
-                          f"best epoch {results['best_epoch']}; {results['train_samples_per_second']:.1f} "
-                          f"samples/s; results in {output_dir / 'results.json'}")
-    end_run(accelerator)
+        plot_curves(run.history, output_dir / "curves.png")
+        print(f"test ({test_split}): accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}; best epoch "
+              f"{results['best_epoch']}; {results['train_samples_per_second']:.1f} samples/s; results in "
+              f"{output_dir / 'results.json'}")
+    finish_run(accelerator)
     return results
 
 
 if __name__ == "__main__":
-    run_for_seeds(main, parse_settings(Settings), keys=("test_accuracy", "test_macro_f1"))
+    try:
+        run_for_seeds(main, parse_settings(Settings), keys=("test_accuracy", "test_macro_f1"))
+    except DataError as error:  # the message names the file, row and field; a traceback would add nothing
+        raise SystemExit(f"data error: {error}") from None

@@ -7,40 +7,38 @@
     python finetune_seqcls.py --do_train false --model_name_or_path runs/seqcls/best_model --text "what a film"
     ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 finetune_seqcls.py ...   # several CPU processes (gloo)
 
-The task is read from the labels (see absa/text_data.py) or forced with --task. Reads top to bottom: settings,
-data, model, optimizer, loop (absa/training.py, shared with finetune_absa.py), test, results, predictions.
-OUTPUT/best_model is an ordinary AutoModelForSequenceClassification folder (id2label, label2id, problem_type set):
+Reads top to bottom like finetune_absa.py: settings, data (the task is read from the labels, see
+absa/text_data.py, or forced with --task), model, optimizer and schedule, `accelerator.prepare`, the training
+loop (the loss by task, backward, clipping, step; evaluation, best model, early stopping, checkpoints), one test
+evaluation, results and predictions. OUTPUT/best_model is an ordinary AutoModelForSequenceClassification folder:
 `transformers.pipeline("text-classification", model="OUTPUT/best_model")` loads it, and --predict_file / --text
 predict through exactly that pipeline.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 
 import datasets
 import numpy as np
-import pandas as pd
 import torch
 import transformers
+from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification, DataCollatorWithPadding
+from transformers import get_linear_schedule_with_warmup
 
 from absa.batches import make_dataloaders
 from absa.files import DataError
-from absa.launch import fsdp_wrap_classes
-from absa.training import (BEST_MODEL, LoopSettings, check_settings, clear_output_dir, end_run, fit,
-                       make_accelerator, make_optimizer, make_scheduler, parse_settings, predict,
-                       prepare_output_dir, run_for_seeds, run_summary)
+from absa.launch import make_fsdp_ready
 from absa.metrics import best_threshold, multi_label_metrics, regression_metrics, scalar_metrics, single_label_metrics
-from absa.model import loading_error, load_tokenizer, resolve_model_path
-from absa.reports import plot_confusion_matrix, plot_curves, write_atomically, write_json, write_jsonl
-from absa.text_data import (ALL_METRICS, LABELS, PROBLEM_TYPES, TASK_METRICS, TASKS, TEXT, TEXT_PAIR, TextData,
-                            encode_text_splits, load_text_data, read_inputs)
+from absa.model import load_tokenizer, loading_error, resolve_model_path
+from absa.reports import plot_confusion_matrix, plot_curves, write_json, write_jsonl
+from absa.text_data import ALL_METRICS, PROBLEM_TYPES, TASK_METRICS, TASKS, encode_text_splits, load_text_data
+from absa.text_predictions import labelled_prediction_rows, predict_only, prediction_inputs, write_predictions
+from absa.training import (BEST_MODEL, RunState, TrainingSettings, clear_output_dir, finish_run, load_best_weights,
+                           make_accelerator, optimizer_steps, parse_settings, prepare_output_dir, report_evaluation,
+                           run_for_seeds, run_summary, save_best_model, save_checkpoint)
 
 # What the last line prints and the curves show, per task; results.json has every metric.
 HEADLINE = {"single_label": ("accuracy", "macro_f1"),
@@ -51,11 +49,10 @@ CURVES = {"single_label": ("loss", "accuracy", "macro_f1"), "multi_label": ("los
 # Metrics that move with the multi-label threshold, so --tune_threshold can maximise them.
 THRESHOLD_METRICS = ("micro_f1", "macro_f1", "subset_accuracy")
 SEED_KEYS = ("test_accuracy", "test_macro_f1", "test_micro_f1", "test_pearson", "test_spearman")
-REPEATABLE = ("--text", "--text_pair")
 
 
 @dataclass
-class Settings(LoopSettings):
+class Settings(TrainingSettings):
     # The text-classification recipe; every value can be overridden on the command line.
     model_name_or_path: str = "bert-base-uncased"
     dataset: str | None = field(default="imdb", metadata={"help": "Hub name (imdb, glue, sem_eval_2018_task_1, "
@@ -75,8 +72,9 @@ class Settings(LoopSettings):
                                      "per label, e.g. anger joy sadness."})
     label_names: list[str] = field(default_factory=list, metadata={"help": "Class names in id order (default: "
                                    "sorted from the train data; for whole-number labels 0..K-1 these name the ids)."})
-    task: str | None = field(default=None, metadata={"choices": list(TASKS), "help": "Force the task; default: "
-                             "read from the labels (floats: regression, lists or several columns: multi_label)."})
+    task: str | None = field(default=None, metadata={"choices": TASKS, "help": "Force the task; default: read from "
+                             "the labels (floats: regression, lists or several columns: multi_label)."})
+    metric_for_best_model: str = field(default="loss", metadata={"choices": ALL_METRICS})
     threshold: float = field(default=0.5, metadata={"help": "Multi-label: a label is predicted when its sigmoid "
                                                             "reaches this."})
     tune_threshold: bool = field(default=False, metadata={"help": "Multi-label: after training, pick the threshold "
@@ -90,30 +88,40 @@ class Settings(LoopSettings):
                            "fine-tuned folder --model_name_or_path."})
     predict_file: str | None = field(default=None, metadata={"help": "After training (or with --do_train false), "
                                      "predict this file's texts through transformers.pipeline."})
-    text: list[str] = field(default_factory=list, metadata={"help": "Texts to predict (repeatable); printed."})
-    text_pair: list[str] = field(default_factory=list, metadata={"help": "Second sentences for --text (repeatable, "
-                                                                         "same count)."})
+    text: list[str] = field(default_factory=list, metadata={"action": "extend", "help": "Texts to predict "
+                            "(--text A --text B, or --text A B); printed."})
+    text_pair: list[str] = field(default_factory=list, metadata={"action": "extend", "help": "Second sentences for "
+                                 "--text (as many)."})
     predictions_file: str | None = field(default=None, metadata={"help": "Where predictions go (.jsonl or .csv; "
                                          "default: OUTPUT/predictions.jsonl for --predict_file, stdout for --text)."})
     output_dir: str = "runs/seqcls"
-    learning_rate: float = 2e-5
     per_device_batch_size: int = 32
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    num_epochs: int = 3
-    early_stopping_patience: int = 3
-    metric_for_best_model: str = "loss"
     max_length: int = field(default=128, metadata={"help": "Longer texts (pairs: the longer text first) are cut; "
                             "saved as the tokenizer's model_max_length, so pipeline(truncation=True) cuts alike."})
+
+
+@torch.no_grad()  # not inference_mode: that breaks the first forward of a freshly sharded FSDP2 model
+def evaluate(accelerator, model, loader) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of every example of `loader` in loader order, gathered from all processes, each once."""
+    model.eval()
+    all_logits, all_labels = [], []
+    for batch in loader:
+        labels = batch.pop("labels")
+        logits, labels = accelerator.gather_for_metrics((model(**batch).logits.float(), labels))
+        all_logits.append(logits.cpu())
+        all_labels.append(labels.cpu())
+    model.train()
+    return torch.cat(all_logits).numpy(), torch.cat(all_labels).numpy()
 
 
 def main(settings: Settings) -> dict:
     started = time.time()
     if not settings.do_train:
         return predict_only(settings)
-    check_settings(settings, TASK_METRICS[settings.task] if settings.task else ALL_METRICS)
-    output_dir = prepare_output_dir(settings)
+    if settings.task:
+        check_metric(settings, settings.task)
     accelerator = make_accelerator(settings)
+    output_dir = prepare_output_dir(accelerator, settings)  # refuses to overwrite a run; finds the checkpoint
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()  # the "classifier newly initialized" load report is expected
     transformers.logging.disable_progress_bar()  # one "Loading weights" bar per load and save is noise
@@ -126,35 +134,47 @@ def main(settings: Settings) -> dict:
                           allow_empty_labels=settings.allow_empty_labels, max_train_samples=settings.max_train_samples,
                           validation_fraction=settings.validation_fraction, seed=settings.seed,
                           select_on_test=settings.select_on_test)
-    check_settings(settings, TASK_METRICS[data.task])  # now that the task is known, before any model is loaded
+    check_metric(settings, data.task)  # now that the task is known, before any model is loaded
     if settings.tune_threshold and data.task != "multi_label":
         raise SystemExit(f"--tune_threshold is for multi-label data; this is {data.task}")
     inputs = prediction_inputs(settings, data.text_columns)  # a bad --predict_file fails now, not after training
+    test_split = "test" if "test" in data.splits else "validation"
+    if test_split == "validation":
+        accelerator.print("no test split: the final evaluation is on validation, which also selected the model")
 
     tokenizer = load_tokenizer(settings.model_name_or_path)
     # Saved with the model, so a pipeline user's truncation=True cuts where training did.
     tokenizer.model_max_length = min(tokenizer.model_max_length, settings.max_length)
     splits, features = encode_text_splits(data.splits, tokenizer, tokenizer.model_max_length)
-    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=settings.pad_to_multiple_of)
-    loaders = make_dataloaders(features, collator, settings)
+    loaders = make_dataloaders(features, DataCollatorWithPadding(tokenizer, pad_to_multiple_of=settings.pad_to_multiple_of),
+                               settings)  # evaluation loaders keep the row order of `splits`
     accelerator.print(f"task {data.task}, {len(data.label_names)} label(s), texts {'+'.join(data.text_columns)}; "
                       f"{ {split: len(rows) for split, rows in splits.items()} }")
-    clear_output_dir(accelerator, output_dir, resuming=bool(settings.resume_from_checkpoint))
+    clear_output_dir(accelerator, output_dir, settings)
 
-    # Model and optimizer.
+    # Model, optimizer (no weight decay on biases and LayerNorm weights) and schedule.
     model = build_model(settings.model_name_or_path, data, settings.threshold)
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    optimizer = make_optimizer(model, settings)
+    if settings.freeze_word_embeddings:
+        model.get_input_embeddings().requires_grad_(False)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": [p for p in trained if p.ndim >= 2]},
+                                   {"params": [p for p in trained if p.ndim < 2], "weight_decay": 0.0}],
+                                  lr=settings.learning_rate, weight_decay=settings.weight_decay,
+                                  fused=settings.fused_adamw or None)
     train_loader, validation_loader, test_loader = accelerator.prepare(
-        loaders["train"], loaders["validation"], loaders.get("test", loaders["validation"]))
-    scheduler = make_scheduler(optimizer, settings, train_loader, accelerator)
+        loaders["train"], loaders["validation"], loaders[test_split])
+    total_steps = optimizer_steps(settings, len(train_loader))
+    # A prepared scheduler steps once per process at every optimizer step, hence the factor.
+    scheduler = get_linear_schedule_with_warmup(optimizer, settings.warmup_steps * accelerator.num_processes,
+                                                total_steps * accelerator.num_processes)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    if settings.report_to:
-        accelerator.init_trackers("finetune_seqcls",
-                                  config={k: str(v) for k, v in dataclasses.asdict(settings).items()})
+    # The loss by task (the ones transformers picks from problem_type): cross-entropy, BCE, MSE.
+    loss_function = {"single_label": torch.nn.functional.cross_entropy,
+                     "multi_label": torch.nn.functional.binary_cross_entropy_with_logits,
+                     "regression": lambda logits, scores: torch.nn.functional.mse_loss(logits.squeeze(-1), scores)}[data.task]
 
-    # The loop: train, evaluate on validation, keep the best model, checkpoint, stop early.
     def compute_metrics(logits, labels, threshold=settings.threshold):
         if data.task == "single_label":
             return single_label_metrics(logits, labels, data.label_names)
@@ -162,36 +182,74 @@ def main(settings: Settings) -> dict:
             return multi_label_metrics(logits, labels, data.label_names, threshold)
         return regression_metrics(logits[:, 0], labels)
 
-    def compute_loss(output, labels):  # temporary: the model's own loss (problem_type)
-        return {"single_label": lambda: torch.nn.functional.cross_entropy(output.logits.float(), labels),
-                "multi_label": lambda: torch.nn.functional.binary_cross_entropy_with_logits(output.logits.float(),
-                                                                                            labels.float()),
-                "regression": lambda: torch.nn.functional.mse_loss(output.logits.float().squeeze(-1),
-                                                                   labels.float())}[data.task]()
+    # Where the run is; saved with every checkpoint, so resuming continues exactly (the same batches too).
+    run = RunState()
+    accelerator.register_for_checkpointing(run)
+    if settings.resume_from_checkpoint:
+        accelerator.load_state(settings.resume_from_checkpoint)
+        accelerator.print(f"resumed from {settings.resume_from_checkpoint} (epoch {run.epoch + 1}, step {run.step})")
+    if settings.report_to:
+        accelerator.init_trackers("finetune_seqcls", config={k: str(v) for k, v in asdict(settings).items()})
 
-    state = fit(accelerator, model, optimizer, scheduler, train_loader, validation_loader, compute_metrics,
-                settings, tokenizer, compute_loss)
+    progress = tqdm(total=total_steps, initial=run.step, desc="training", disable=not accelerator.is_main_process)
+    stop = run.at_max_steps(settings)
+    while run.epoch < settings.num_epochs and not stop:
+        train_loader.set_epoch(run.epoch)
+        # A resumed run skips the batches of this epoch it already trained on.
+        batches = accelerator.skip_first_batches(train_loader, run.batches_in_epoch) if run.batches_in_epoch \
+            else train_loader
+        model.train()
+        run.restart_clock()
+        for batch in batches:
+            with accelerator.accumulate(model):
+                labels = batch.pop("labels")
+                logits = model(**batch).logits
+                loss = loss_function(logits.float(), labels)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and settings.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            run.batch_done(loss, len(labels) * accelerator.num_processes)
+            if not accelerator.sync_gradients:
+                continue
+            run.step += 1
+            progress.update()
+            end_of_epoch = run.batches_in_epoch == len(train_loader)
 
-    # Test: reload the best model (a plain from_pretrained, as any user would) and evaluate it once.
-    del model, optimizer
-    accelerator.free_memory()
+            if run.evaluation_due(settings, end_of_epoch):
+                metrics = compute_metrics(*evaluate(accelerator, model, validation_loader))
+                if run.record_evaluation(accelerator, metrics, settings):  # a new best (decided once, shared)
+                    save_best_model(accelerator, model, tokenizer, output_dir / BEST_MODEL)
+                report_evaluation(accelerator, run, output_dir, progress)
+                if accelerator.is_main_process and run.patience_used_up(settings):
+                    accelerator.set_trigger()
+                stop = accelerator.check_trigger() or run.at_max_steps(settings)
+            if end_of_epoch:
+                run.epoch, run.batches_in_epoch = run.epoch + 1, 0
+            if run.checkpoint_due(settings, end_of_epoch):
+                save_checkpoint(accelerator, output_dir, run.step, settings.keep_checkpoints)
+            run.restart_clock()  # evaluation and checkpoint time is not training time
+            if stop:
+                break
+    progress.close()
+
+    # Test: the best weights back into the prepared model; a multi-label threshold tuned on validation only.
     best_dir = output_dir / BEST_MODEL
-    best_model = accelerator.prepare(AutoModelForSequenceClassification.from_pretrained(best_dir))
+    load_best_weights(accelerator, model, best_dir)
     threshold, tuned = settings.threshold, None
-    if settings.tune_threshold:  # on validation only: test stays untouched until the one evaluation below
-        logits, labels = predict(accelerator, best_model, validation_loader)
+    if settings.tune_threshold:
+        logits, labels = evaluate(accelerator, model, validation_loader)
         metric = settings.metric_for_best_model if settings.metric_for_best_model in THRESHOLD_METRICS else "micro_f1"
         threshold = best_threshold(logits, labels, data.label_names, metric)
         tuned = compute_metrics(logits, labels, threshold)
         if accelerator.is_main_process:
             save_threshold(best_dir, threshold)
-        at_default = next(row for row in state.history if row["step"] == state.stopping["best_step"])[metric]
+        at_default = next(row for row in run.history if row["step"] == run.best_step)[metric]
         accelerator.print(f"threshold tuned on validation for {metric}: {threshold} ({metric} {tuned[metric]:.4f}; "
                           f"at {settings.threshold}: {at_default:.4f})")
-    test_split = "test" if "test" in loaders else "validation"
-    if test_split == "validation":
-        accelerator.print("no test split: the final evaluation is on validation, which also selected the model")
-    logits, labels = predict(accelerator, best_model, test_loader)
+    logits, labels = evaluate(accelerator, model, test_loader)
     test = compute_metrics(logits, labels, threshold)
 
     results = {
@@ -201,36 +259,37 @@ def main(settings: Settings) -> dict:
         "test_split": test_split, **{f"test_{k}": v for k, v in scalar_metrics(test).items()}, "test": test,
         **({"threshold": threshold, "threshold_tuned": bool(settings.tune_threshold), "validation_at_threshold": tuned}
            if data.task == "multi_label" else {}),
-        **run_summary(accelerator, state, settings, started),
+        **run_summary(accelerator, run, settings, started),
     }
     if accelerator.is_main_process:
         write_json(output_dir / "results.json", results)
         # One row per test example, in the order of splits[test_split], for error analysis and for checking.
         write_jsonl(output_dir / "test_predictions.jsonl",
-                    test_prediction_rows(data, splits[test_split], logits, threshold))
+                    labelled_prediction_rows(data, splits[test_split], logits, threshold))
         if data.task == "single_label":
             plot_confusion_matrix(test["confusion_matrix"], data.label_names, output_dir / "confusion_matrix.png")
-        plot_curves(state.history, output_dir / "curves.png", metrics=CURVES[data.task])
+        plot_curves(run.history, output_dir / "curves.png", metrics=CURVES[data.task])
         shown = ", ".join(f"{k} {test[k]:.4f}" for k in HEADLINE[data.task])
-        accelerator.print(f"test ({test_split}): {shown}; best epoch {results['best_epoch']}; "
-                          f"{results['train_samples_per_second']:.1f} samples/s; "
-                          f"results in {output_dir / 'results.json'}")
+        print(f"test ({test_split}): {shown}; best epoch {results['best_epoch']}; "
+              f"{results['train_samples_per_second']:.1f} samples/s; results in {output_dir / 'results.json'}")
         if inputs:
             write_predictions(settings, best_dir, inputs, accelerator.device)
-    end_run(accelerator)
+    finish_run(accelerator)
     return results
 
 
-# ----------------------------------------------------------------------------------------------- model
+def check_metric(settings: Settings, task: str) -> None:
+    if settings.metric_for_best_model not in TASK_METRICS[task]:
+        raise SystemExit(f"--metric_for_best_model {settings.metric_for_best_model!r} is not one of "
+                         f"{', '.join(TASK_METRICS[task])} ({task})")
 
 
-def build_model(name_or_path: str, data: TextData, threshold: float):
+def build_model(name_or_path: str, data, threshold: float):
     """AutoModelForSequenceClassification with the labels, problem type and inputs of `data` in its config.
 
-    problem_type picks the loss inside the model (cross-entropy, BCE-with-logits, MSE on num_labels=1) and the
-    function the text-classification pipeline applies (softmax, sigmoid, none). Every parameter of these heads
-    takes part in the loss (BERT's pooler feeds its classifier; RoBERTa / XLM-R build no pooler; DeBERTa's
-    ContextPooler and ELECTRA's head are used), so DDP needs no find_unused_parameters.
+    problem_type picks the function the text-classification pipeline applies (softmax, sigmoid, none). Every
+    parameter of these heads takes part in the loss (BERT's pooler feeds its classifier; RoBERTa / XLM-R build no
+    pooler; DeBERTa's ContextPooler and ELECTRA's head are used), so DDP needs no find_unused_parameters.
     """
     path = resolve_model_path(name_or_path)
     id2label = dict(enumerate(data.label_names))
@@ -245,149 +304,17 @@ def build_model(name_or_path: str, data: TextData, threshold: float):
         model = AutoModelForSequenceClassification.from_pretrained(path, config=config)
     except Exception as error:  # noqa: BLE001 - turned into a message that says what to do
         raise loading_error(name_or_path, error) from None
-    # FSDP's transformer-layer auto-wrap reads this; transformers leaves it empty for DeBERTa-v2 and ELECTRA.
-    model._no_split_modules = fsdp_wrap_classes(model)
-    return model
+    return make_fsdp_ready(model)  # FSDP's wrap classes: the encoder's layers
 
 
-def save_threshold(model_dir: Path, threshold: float) -> None:
+def save_threshold(model_dir, threshold: float) -> None:
     config = AutoConfig.from_pretrained(model_dir)
     config.multi_label_threshold = threshold
     config.save_pretrained(model_dir)
 
 
-# ----------------------------------------------------------------------------------------------- predictions
-
-
-def format_prediction(task: str, label_names, scores, threshold: float) -> dict:
-    """The same record for the script's test predictions and for pipeline predictions.
-
-    `scores` are probabilities per label (softmax for single-label, sigmoid for multi-label) or the raw score.
-    """
-    scores = [float(s) for s in np.atleast_1d(scores)]
-    if task == "regression":
-        return {"prediction": scores[0]}
-    by_label = dict(zip(label_names, scores))
-    if task == "multi_label":
-        return {"prediction": [name for name, p in by_label.items() if p >= threshold], "scores": by_label}
-    best = int(np.argmax(scores))
-    return {"prediction": label_names[best], "score": scores[best], "scores": by_label}
-
-
-def test_prediction_rows(data: TextData, split, logits: np.ndarray, threshold: float) -> list[dict]:
-    if len(split) != len(logits):  # the loop keeps sorted evaluation splits in order; say so if that changes
-        raise RuntimeError(f"{len(logits)} predictions for {len(split)} test rows")
-    logits_t = torch.as_tensor(logits, dtype=torch.float32)
-    scores = {"single_label": lambda: torch.softmax(logits_t, -1), "multi_label": lambda: torch.sigmoid(logits_t),
-              "regression": lambda: logits_t}[data.task]().numpy()
-    rows = []
-    for record, row_scores in zip(split, scores):
-        gold = record[LABELS]
-        if data.task == "single_label":
-            gold = data.label_names[gold]
-        elif data.task == "multi_label":
-            gold = [name for name, value in zip(data.label_names, gold) if value]
-        texts = {TEXT: record[TEXT], **({TEXT_PAIR: record[TEXT_PAIR]} if data.is_pair else {})}
-        rows.append({"row": record["row"], **texts, "label": gold,
-                     **format_prediction(data.task, data.label_names, row_scores, threshold)})
-    return rows
-
-
-def prediction_inputs(settings: Settings, text_columns) -> list[tuple[str, list[str]]]:
-    """(row label, [text] or [text, text_pair]) from --predict_file and --text / --text_pair, checked."""
-    inputs = []
-    if settings.predict_file:
-        _, rows = read_inputs(settings.predict_file, settings.text_columns or text_columns)
-        inputs += rows
-    if settings.text_pair and len(settings.text_pair) != len(settings.text):
-        raise SystemExit(f"--text_pair: {len(settings.text_pair)} given for {len(settings.text)} --text")
-    if settings.text and text_columns and len(text_columns) == 2 and not settings.text_pair:
-        raise SystemExit("this model reads sentence pairs: give a --text_pair for each --text")
-    if settings.text_pair and text_columns and len(text_columns) == 1:
-        raise SystemExit("this model reads single texts: --text_pair has no place to go")
-    for i, text in enumerate(settings.text):
-        inputs.append((f"--text {i + 1}", [text, settings.text_pair[i]] if settings.text_pair else [text]))
-    return inputs
-
-
-def pipeline_predictions(model_dir, inputs, device=None, batch_size: int = 32) -> list[dict]:
-    """Predict through `transformers.pipeline("text-classification")`: what a user of the saved folder gets."""
-    classifier = transformers.pipeline("text-classification", model=str(model_dir), device=device)
-    config = classifier.model.config
-    task = {problem: task for task, problem in PROBLEM_TYPES.items()}.get(config.problem_type)
-    if task is None:
-        raise SystemExit(f"{model_dir}: not a fine-tuned sequence-classification folder (config.json has "
-                         f"problem_type {config.problem_type!r}); give the best_model folder of a training run")
-    label_names = [config.id2label[i] for i in range(config.num_labels)]
-    queries = [texts[0] if len(texts) == 1 else {"text": texts[0], "text_pair": texts[1]} for _, texts in inputs]
-    # top_k=None: every label's score, with the pipeline's own softmax / sigmoid / none chosen by problem_type.
-    outputs = classifier(queries, top_k=None, batch_size=batch_size, truncation=True)
-    threshold = getattr(config, "multi_label_threshold", 0.5)
-    records = []
-    for (row, texts), output in zip(inputs, outputs):
-        scores = {item["label"]: item["score"] for item in output}
-        records.append({"row": row, TEXT: texts[0], **({TEXT_PAIR: texts[1]} if len(texts) == 2 else {}),
-                        **format_prediction(task, label_names, [scores[name] for name in label_names], threshold)})
-    return records
-
-
-def write_predictions(settings: Settings, model_dir, inputs, device=None) -> list[dict]:
-    records = pipeline_predictions(model_dir, inputs, device, settings.eval_batch_size)
-    from_file = [r for r in records if not r["row"].startswith("--text")]
-    path = settings.predictions_file or (Path(settings.output_dir) / "predictions.jsonl" if from_file else None)
-    if path is None:
-        for record in records:
-            print(json.dumps(record, ensure_ascii=False))
-        return records
-    path = Path(path)
-    if path.suffix.lower() == ".csv":  # flat: one score column per label, multi-label predictions joined by ';'
-        flat = [{**{k: (";".join(v) if isinstance(v, list) else v) for k, v in r.items() if k != "scores"},
-                 **{f"score_{name}": p for name, p in r.get("scores", {}).items()}} for r in records]
-        write_atomically(path, pd.DataFrame(flat).to_csv(index=False))
-    else:
-        write_jsonl(path, records)
-    for record in records[len(from_file):] if not settings.predictions_file else []:
-        print(json.dumps(record, ensure_ascii=False))
-    print(f"{len(records)} predictions in {path}")
-    return records
-
-
-def predict_only(settings: Settings) -> list[dict]:
-    """--do_train false: run a fine-tuned folder on --predict_file / --text; no data, no training."""
-    model_dir = resolve_model_path(settings.model_name_or_path)
-    if not (Path(model_dir) / "config.json").is_file():
-        raise SystemExit(f"--do_train false needs a fine-tuned model folder as --model_name_or_path (e.g. "
-                         f"runs/seqcls/best_model); {settings.model_name_or_path} is not one")
-    config = AutoConfig.from_pretrained(model_dir)
-    inputs = prediction_inputs(settings, getattr(config, "text_columns", None) or [])
-    if not inputs:
-        raise SystemExit("--do_train false: nothing to do; give --predict_file FILE and / or --text TEXT")
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    return write_predictions(settings, model_dir, inputs, "cuda" if torch.cuda.is_available() else "cpu")
-
-
-def merge_repeated_flags(args: list[str], flags=REPEATABLE) -> list[str]:
-    """`--text a --text b` -> `--text a b`: argparse would keep only the last of a repeated list flag."""
-    merged, values = [], {}
-    i = 0
-    while i < len(args):
-        if args[i] in flags:
-            name = args[i]
-            i += 1
-            while i < len(args) and not args[i].startswith("--"):
-                values.setdefault(name, []).append(args[i])
-                i += 1
-        else:
-            merged.append(args[i])
-            i += 1
-    for name, items in values.items():
-        merged += [name, *items]
-    return merged
-
-
 if __name__ == "__main__":
     try:
-        run_for_seeds(main, parse_settings(Settings, merge_repeated_flags(sys.argv[1:])), keys=SEED_KEYS)
-    except DataError as error:  # the file, row and field are in the message; a traceback adds nothing
+        run_for_seeds(main, parse_settings(Settings), keys=SEED_KEYS)
+    except DataError as error:  # the message names the file, row and field; a traceback would add nothing
         raise SystemExit(f"data error: {error}") from None

@@ -1,8 +1,9 @@
 """Tokenizing ABSA examples: aspect masks from character spans, windows around the aspect, padding.
 
 The aspect mask marks every sub-token that overlaps the aspect's characters (the offsets of a fast
-tokenizer), so multi-token aspects ("battery life", "Größe") are pooled whole. A text longer than
-`max_length` is cut to a window of tokens that contains the aspect, instead of losing the aspect.
+tokenizer), so multi-token aspects ("battery life", "Größe") are pooled whole; an aspect named at several places
+(the `spans` of a `$T$` record with two targets) is marked at each. A text longer than `max_length` is cut to a
+window of tokens that contains the aspect, instead of losing the aspect.
 """
 
 from __future__ import annotations
@@ -27,52 +28,63 @@ def require_fast_tokenizer(tokenizer, name: str = "") -> None:
 def encode_aspect_batch(batch: dict, indices: list[int], tokenizer, max_length: int, split: str = "data") -> dict:
     """`datasets.map(batched=True, with_indices=True)` function: input_ids, attention_mask, aspect_mask, labels.
 
-    Errors name the split and the 1-based row within it.
+    The aspect is at every [start, end] of the batch's `spans` column, or at start:end when it has none. Errors
+    name the split and the 1-based row within it.
     """
     require_fast_tokenizer(tokenizer)
     encoded = tokenizer(batch["text"], truncation=False)
+    all_spans = batch["spans"] if "spans" in batch else [[(s, e)] for s, e in zip(batch["start"], batch["end"])]
     columns = {"input_ids": [], "attention_mask": [], "aspect_mask": []}
-    for i, (text, start, end) in enumerate(zip(batch["text"], batch["start"], batch["end"])):
+    for i, (text, spans) in enumerate(zip(batch["text"], all_spans)):
         encoding = encoded[i]
         if len(encoding.ids) > max_length:
-            text, start, end = window_around_aspect(tokenizer, text, start, end, max_length, split, indices[i] + 1)
+            text, spans = window_around_aspect(tokenizer, text, spans, max_length, split, indices[i] + 1)
             encoding = tokenizer(text, truncation=False)[0]
-        # Offsets, not char_to_token: that returns one token per character, and SentencePiece / byte-level
-        # tokenizers give several tokens the same characters ("▁" + "[UNK]", byte pieces of one character).
-        tokens = {t for t, (a, b) in enumerate(encoding.offsets) if a < b and a < end and b > start}
-        if not tokens:
-            raise DataError(split, f"the aspect {text[start:end]!r} maps to no token", row=indices[i] + 1,
-                            field="aspect")
+        mask = [0] * len(encoding.ids)
+        for start, end in spans:
+            # Offsets, not char_to_token: that returns one token per character, and SentencePiece / byte-level
+            # tokenizers give several tokens the same characters ("▁" + "[UNK]", byte pieces of one character).
+            tokens = [t for t, (a, b) in enumerate(encoding.offsets) if a < b and a < end and b > start]
+            if not tokens:
+                raise DataError(split, f"the aspect {text[start:end]!r} maps to no token", row=indices[i] + 1,
+                                field="aspect")
+            for t in tokens:
+                mask[t] = 1
         columns["input_ids"].append(encoding.ids)
         columns["attention_mask"].append(encoding.attention_mask)
-        columns["aspect_mask"].append([int(t in tokens) for t in range(len(encoding.ids))])
+        columns["aspect_mask"].append(mask)
     if "label" in batch:
         columns["labels"] = batch["label"]
     return columns
 
 
-def window_around_aspect(tokenizer, text: str, start: int, end: int, max_length: int, file="data", row=None):
-    """Cut `text` to the longest window of whole tokens around [start, end) that fits in max_length.
+def window_around_aspect(tokenizer, text: str, spans, max_length: int, file="data", row=None):
+    """Cut `text` to the longest window of whole tokens around the aspect's [start, end) spans that fits max_length.
 
-    Returns the new (text, start, end). An aspect that alone is longer than the window is an error rather
-    than silently cut in part.
+    The window is centred on all the spans when they fit in it together, else on the first span alone; the spans
+    wholly inside the window are kept. Returns the new (text, spans). A span that alone is longer than the window
+    is an error rather than silently cut in part.
     """
     offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
-    inside = [t for t, (a, b) in enumerate(offsets) if a < end and b > start]
-    if not inside:
+    inside = [[t for t, (a, b) in enumerate(offsets) if a < end and b > start] for start, end in spans]
+    if [] in inside:
+        start, end = spans[inside.index([])]
         raise DataError(file, f"the aspect {text[start:end]!r} maps to no token", row=row, field="aspect")
-    first, last = inside[0], inside[-1]
-    if last - first + 1 > budget:
-        raise DataError(file, f"the aspect {text[start:end]!r} needs {last - first + 1} tokens, more than "
-                        f"max_length={max_length} leaves; raise --max_length", row=row, field="aspect")
+    first, last = inside[0][0], max(tokens[-1] for tokens in inside)
+    if last - first + 1 > budget:  # the spans do not fit together: the first one alone
+        (start, end), last = spans[0], inside[0][-1]
+        if last - first + 1 > budget:
+            raise DataError(file, f"the aspect {text[start:end]!r} needs {last - first + 1} tokens, more than "
+                            f"max_length={max_length} leaves; raise --max_length", row=row, field="aspect")
     while True:  # re-tokenizing a cut text can shift a token boundary; shrink until it fits
         left = max(0, min(first - (budget - (last - first + 1)) // 2, len(offsets) - budget))
         right = min(len(offsets), left + budget)
         window_start, window_end = offsets[left][0], offsets[right - 1][1]
         window = text[window_start:window_end]
         if len(tokenizer(window, truncation=False)["input_ids"]) <= max_length or budget <= last - first + 1:
-            return window, start - window_start, end - window_start
+            return window, [(start - window_start, end - window_start) for start, end in spans
+                            if window_start <= start and end <= window_end]
         budget -= 1
 
 

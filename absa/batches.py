@@ -49,17 +49,18 @@ class EpochSeededSampler(Sampler):
         return iter([i for group in order for i in self.groups[group]])
 
 
-def make_dataloaders(features, collator, settings) -> dict[str, DataLoader]:
-    """The train loader (seeded, length-grouped) and one loader per evaluation split, sorted by length.
+def make_dataloaders(features, collator, settings, keep_identical_inputs_together: bool = False) -> dict:
+    """The train loader (seeded, length-grouped) and one loader per evaluation split.
 
-    Identical inputs stay side by side in every loader, for a collator that encodes them once
-    (`AspectCollator(share_texts=True)`); with all inputs distinct the orders are the plain ones.
+    With `keep_identical_inputs_together` (ABSA: the aspects of one sentence, for a collator that encodes them
+    once) identical inputs stay side by side in every loader and evaluation splits are sorted by length; without
+    it evaluation loaders keep the order of `features`, so the i-th output belongs to the i-th row.
     """
     loaders = {}
     for split, dataset in features.items():
         input_ids = dataset["input_ids"]  # the whole column, read once
         lengths = [len(ids) for ids in input_ids]
-        groups = text_groups(input_ids)
+        groups = text_groups(input_ids) if keep_identical_inputs_together else None
         if split == "train":
             sampler = EpochSeededSampler(lengths, settings.per_device_batch_size, settings.seed,
                                          settings.group_by_length, groups)
@@ -68,9 +69,9 @@ def make_dataloaders(features, collator, settings) -> dict[str, DataLoader]:
             loaders[split] = DataLoader(dataset, batch_size=settings.per_device_batch_size, sampler=sampler,
                                         collate_fn=collator, num_workers=settings.num_workers,
                                         generator=torch.Generator().manual_seed(settings.seed))
-        else:  # evaluation order does not matter to metrics; sorting by length saves padding
-            order = sorted(groups, key=lambda group: lengths[group[0]])
-            loaders[split] = DataLoader(dataset.select([i for group in order for i in group]),
-                                        batch_size=settings.eval_batch_size, collate_fn=collator,
-                                        num_workers=settings.num_workers)
+            continue
+        if groups:  # shortest first, so batches pad little
+            dataset = dataset.select([i for group in sorted(groups, key=lambda g: lengths[g[0]]) for i in group])
+        loaders[split] = DataLoader(dataset, batch_size=settings.eval_batch_size, collate_fn=collator,
+                                    num_workers=settings.num_workers)
     return loaders

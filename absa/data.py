@@ -1,8 +1,12 @@
-"""ABSA data: train / validation / test splits with columns `text, aspect, start, end, label` from any source.
+"""ABSA data: train / validation / test splits with columns `text, aspect, start, end, spans, label` from any source.
 
 Sources: a Hub dataset name (default `yqzheng/semeval2014_laptops`), a folder or files in JSONL / JSON / CSV /
 TSV / Parquet with those columns, SemEval-2014 Task 4 XML, or the three-line `$T$` format of ABSA-PyTorch and
 PyABSA (`.raw` / `.seg` / `.txt`: sentence with `$T$`, aspect, polarity).
+
+`spans` lists every [start, end] of the row's aspect, sorted; `start` / `end` are the first. A row names one
+occurrence, except a `$T$` sentence with several `$T$` (the Twitter set of Dong et al. 2014 has "$T$ is back ...
+really? $T$ ..."): the same target at each place, so each is a span and the aspect mask covers them all.
 """
 
 from __future__ import annotations
@@ -13,26 +17,30 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import datasets
+import pandas as pd
 
-from .files import TABLE_SUFFIXES, DataError, carve_validation, find_split_files, load_hub_dataset, read_rows
+from .files import (TABLE_SUFFIXES, DataError, carve_validation, find_split_files, is_missing, load_hub_dataset,
+                    read_rows, read_text, require_columns)
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_LABELS = ("negative", "neutral", "positive")
 XML_SUFFIXES = (".xml",)
 T_FORMAT_SUFFIXES = (".raw", ".seg", ".txt")
-COLUMNS = ("text", "aspect", "start", "end", "label")
+FEATURES = {"text": datasets.Value("string"), "aspect": datasets.Value("string"), "start": datasets.Value("int32"),
+            "end": datasets.Value("int32"), "spans": datasets.List(datasets.List(datasets.Value("int32"), length=2))}
 
 
 def load_absa_splits(source: str | None = "yqzheng/semeval2014_laptops", *, train_file: str | None = None,
                      validation_file: str | None = None, test_file: str | None = None,
                      label_names=DEFAULT_LABELS, validation_fraction: float = 0.1, seed: int = 42,
                      select_on_test: bool = False) -> datasets.DatasetDict:
-    """Train / validation / test splits with `text, aspect, start, end, label` (label an index into label_names).
+    """Train / validation / test splits with `text, aspect, start, end, spans, label` (label an index into label_names).
 
     `source` is a Hub name or a local folder; explicit `*_file` arguments override what the folder holds. When
-    the source has no validation split one is carved from train (stratified, seeded), so model selection never
-    looks at test. `select_on_test=True` reproduces tutorials that selected the best epoch on the test split.
+    the source has no validation split one is carved from train by sentence (every aspect of a sentence on the same
+    side, stratified, seeded: `carve_validation`), so model selection never looks at test or at train's sentences.
+    `select_on_test=True` reproduces tutorials that selected the best epoch on the test split.
     """
     label_names = tuple(label_names)
     files = {split: path for split, path in
@@ -52,9 +60,7 @@ def load_absa_splits(source: str | None = "yqzheng/semeval2014_laptops", *, trai
     else:
         raise DataError("dataset", "no data source given (a Hub name, a folder, or --train_file)")
 
-    features = datasets.Features({"text": datasets.Value("string"), "aspect": datasets.Value("string"),
-                                  "start": datasets.Value("int32"), "end": datasets.Value("int32"),
-                                  "label": datasets.ClassLabel(names=list(label_names))})
+    features = datasets.Features({**FEATURES, "label": datasets.ClassLabel(names=list(label_names))})
     result = datasets.DatasetDict({split: datasets.Dataset.from_list(rows, features=features)
                                    for split, rows in splits.items()})
     if select_on_test:
@@ -63,11 +69,11 @@ def load_absa_splits(source: str | None = "yqzheng/semeval2014_laptops", *, trai
         logger.warning("selecting the best epoch on the TEST split, as the seed tutorial did: "
                        "its test scores are optimistic")
         result["validation"] = result["test"]
-    return carve_validation(result, validation_fraction, seed)
+    return carve_validation(result, validation_fraction, seed, source=files.get("train", source))
 
 
 def read_absa_file(path, label_names=DEFAULT_LABELS) -> list[dict]:
-    """Checked rows (text, aspect, start, end, label index) of one file in any of the supported formats."""
+    """Checked rows (text, aspect, start, end, spans, label index) of one file in any of the supported formats."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in XML_SUFFIXES:
@@ -76,6 +82,9 @@ def read_absa_file(path, label_names=DEFAULT_LABELS) -> list[dict]:
         records = _read_t_format(path)
     else:
         records = read_rows(path)
+        if suffix in (".csv", ".tsv", ".parquet"):  # one header for all rows: name every missing column at once
+            header = None if suffix == ".parquet" else "line 1 (header)"
+            require_columns(records, path, ("text", "aspect", "label"), header)
     return _normalise_rows(records, path, label_names)
 
 
@@ -97,31 +106,60 @@ def _normalise_rows(records, file, label_names) -> list[dict]:
 
 def _normalise_row(record: dict, file, row_label, label_names) -> dict | None:
     for field in ("text", "aspect", "label"):
-        if record.get(field) is None or (isinstance(record[field], str) and not record[field].strip()):
+        value = record.get(field)
+        if is_missing(value, text=field != "label"):
             raise DataError(file, "missing or empty", row=row_label, field=field)
-    text, aspect = str(record["text"]), str(record["aspect"])
+        if not pd.api.types.is_scalar(value) or (field != "label" and not isinstance(value, str)):
+            value = getattr(value, "tolist", lambda: value)()  # numpy values from Parquet, as Python ones
+            raise DataError(file, f"must be {'a string' if field != 'label' else 'one label'}, got "
+                            f"{type(value).__name__} {value!r:.80}", row=row_label, field=field)
+    text, aspect = record["text"], record["aspect"]
     label = normalise_label(record["label"], label_names)
     if label == "conflict":
         return None
     if label is None:
         raise DataError(file, f"unknown label {record['label']!r} (expected one of {', '.join(label_names)}"
                         f"{' or -1 / 0 / 1' if len(label_names) == 3 else ''})", row=row_label, field="label")
-    start, end = record.get("start"), record.get("end")
-    if _is_missing(start) and _is_missing(end):
-        found = find_occurrences(text, aspect, ignore_case=False)  # training data: the aspect as written
-        if not found:
-            raise DataError(file, f"the aspect {aspect!r} does not occur in the text", row=row_label, field="aspect")
-        start, end = found[0]
-    else:
+    given = record.get("spans")  # every occurrence: the `$T$` reader gives them (JSONL and Parquet may too)
+    if not is_missing(given):
         try:
-            start, end = int(start), int(end)
+            spans = sorted(_checked_offsets(text, aspect, *span, file, row_label) for span in given)
+        except TypeError:
+            raise DataError(file, f"must be a list of [start, end] pairs, got {given!r}", row=row_label,
+                            field="spans") from None
+    elif is_missing(record.get("start")) and is_missing(record.get("end")):
+        spans = find_occurrences(text, aspect, ignore_case=False)[:1]  # training data: the aspect as written
+        if not spans:
+            raise DataError(file, f"the aspect {aspect!r} does not occur in the text", row=row_label, field="aspect")
+    else:
+        spans = [_checked_offsets(text, aspect, record.get("start"), record.get("end"), file, row_label)]
+    return {"text": text, "aspect": aspect, "start": spans[0][0], "end": spans[0][1],
+            "spans": [list(span) for span in spans], "label": label}
+
+
+def _checked_offsets(text: str, aspect: str, start, end, file, row_label) -> tuple[int, int]:
+    """start / end as whole numbers ("4", 4.0, "4.0": CSV cells, float columns with gaps) that give the aspect."""
+    offsets = []
+    for field, value in (("start", start), ("end", end)):
+        try:
+            number = float(value)
         except (TypeError, ValueError):
-            raise DataError(file, f"offsets must be whole numbers, got start={start!r} end={end!r}",
-                            row=row_label, field="start") from None
-        if text[start:end] != aspect:
-            raise DataError(file, f"the offsets {start}:{end} give {text[start:end]!r}, not the aspect {aspect!r}",
-                            row=row_label, field="start")
-    return {"text": text, "aspect": aspect, "start": start, "end": end, "label": label}
+            number = float("nan")  # not a whole number
+        if not number.is_integer() or isinstance(value, bool):
+            raise DataError(file, "missing: give both start and end, or neither to search for the aspect"
+                            if is_missing(value) else f"must be a whole number, got {value!r}", row=row_label,
+                            field=field)
+        offsets.append(int(number))
+    start, end = offsets
+    for wrong, problem, field in (
+            (start < 0, f"start {start} is negative", "start"),
+            (start >= end, f"start {start} is {'after' if start > end else 'equal to'} end {end}", "start"),
+            (end > len(text), f"end {end} is past the end of the text ({len(text)} characters)", "end"),
+            (text[start:end] != aspect, f"the offsets {start}:{end} give {text[start:end]!r}, not the aspect "
+                                        f"{aspect!r}", "start")):
+        if wrong:
+            raise DataError(file, problem, row=row_label, field=field)
+    return start, end
 
 
 def find_occurrences(text: str, aspect: str, ignore_case: bool = True) -> list[tuple[int, int]]:
@@ -140,10 +178,6 @@ def find_occurrences(text: str, aspect: str, ignore_case: bool = True) -> list[t
     return []
 
 
-def _is_missing(value) -> bool:
-    return value is None or value == "" or (isinstance(value, float) and value != value)
-
-
 def normalise_label(value, label_names) -> int | str | None:
     """Index of `value` in label_names; -1 / 0 / 1 for three classes; "conflict"; or None when unknown."""
     text = str(value).strip().lower()
@@ -159,12 +193,16 @@ def normalise_label(value, label_names) -> int | str | None:
 
 def _read_semeval_xml(path: Path):
     """(row label, record) pairs from SemEval-2014 Task 4 XML: one record per `<aspectTerm>`."""
+    text = read_text(path)
+    # Refused before parsing: entity declarations can expand to gigabytes ("billion laughs"); SemEval XML has none.
+    declaration = re.search(r"<!(DOCTYPE|ENTITY)", text)
+    if declaration:
+        raise DataError(path, f"<!{declaration[1]} is not accepted (entities are not expanded): remove the "
+                        "declarations", row=f"line {text.count(chr(10), 0, declaration.start()) + 1}")
     try:
-        root = ElementTree.parse(path).getroot()
+        root = ElementTree.fromstring(text)
     except ElementTree.ParseError as error:
         raise DataError(path, f"malformed XML ({error})") from None
-    except OSError as error:
-        raise DataError(path, str(error)) from None
     sentences = root.findall(".//sentence")
     if not sentences:
         raise DataError(path, "no <sentence> elements: is this SemEval-2014 Task 4 XML?")
@@ -185,11 +223,11 @@ def _read_semeval_xml(path: Path):
 
 
 def _read_t_format(path: Path):
-    """(row label, record) pairs from the three-line `$T$` format: sentence with $T$, aspect, polarity."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise DataError(path, str(error)) from None
+    """(row label, record) pairs from the three-line `$T$` format: sentence with $T$, aspect, polarity.
+
+    Every `$T$` of a sentence is the aspect: each becomes a span (the Twitter set names some targets twice).
+    """
+    lines = re.split(r"\r\n?|\n", read_text(path))  # not splitlines(): tweets hold U+2028, U+0085, ...
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
@@ -199,11 +237,11 @@ def _read_t_format(path: Path):
     records = []
     for first in range(0, len(lines), 3):
         template, aspect, polarity = (line.strip() for line in lines[first:first + 3])
-        where = f"line {first + 1}"
-        if template.count("$T$") != 1:
-            raise DataError(path, f"the sentence must hold '$T$' exactly once: {template[:60]!r}",
-                            row=where, field="text")
-        start = template.index("$T$")
-        records.append((where, {"text": template.replace("$T$", aspect), "aspect": aspect,
-                                "start": start, "end": start + len(aspect), "label": polarity}))
+        # The j-th $T$ moves by j times the length difference once the ones before it hold the aspect.
+        starts = [m.start() + j * (len(aspect) - 3) for j, m in enumerate(re.finditer(r"\$T\$", template))]
+        if not starts:
+            raise DataError(path, f"the sentence has no '$T$' for the aspect: {template[:60]!r}",
+                            row=f"line {first + 1}", field="text")
+        records.append((f"line {first + 1}", {"text": template.replace("$T$", aspect), "aspect": aspect,
+                                              "spans": [(a, a + len(aspect)) for a in starts], "label": polarity}))
     return records

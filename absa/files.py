@@ -1,36 +1,38 @@
 """Reading datasets from local files or the Hub, shared by the ABSA and sequence-classification scripts.
 
 Every problem with the user's data is raised as `DataError`, which names the file, the row and the field,
-before any model is loaded.
+before any model is loaded. Text files must be UTF-8 (a BOM is allowed, as Excel writes one).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 logger = logging.getLogger(__name__)
 
-TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+# .txt is tab-separated with a header, as SemEval-2018 E-c ships it (the ABSA reader reads .txt as `$T$` files).
+TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".txt", ".parquet")
 SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "dev", "val"), "test": ("test",)}
 
 
-def is_missing(value) -> bool:
+def is_missing(value, text: bool = False) -> bool:
     """The one rule for "no value" in every reader: None, NaN (float, numpy, pandas NA), or a string that is empty,
-    white space, or "NaN" / "nan" (what spreadsheets and pandas write for an empty cell)."""
-    if value is None or value is pd.NA:
-        return True
+    white space, or "NaN" / "nan" (what pandas writes for an empty cell). In a text field (`text=True`: a sentence,
+    an aspect) "nan" is a word (MAMS has the aspect "nan", the bread), so there only blank strings are missing."""
     if isinstance(value, str):
-        return value.strip().lower() in ("", "nan")
-    try:
-        return bool(value != value)  # NaN is the only value not equal to itself
-    except (TypeError, ValueError):  # arrays, lists: values, not missing
-        return False
+        return value.strip().lower() in (("",) if text else ("", "nan"))
+    return pd.api.types.is_scalar(value) and bool(pd.isna(value))  # lists and arrays are values, not missing
 
 
 class DataError(ValueError):
@@ -42,12 +44,38 @@ class DataError(ValueError):
             where += f", {row}" if isinstance(row, str) else f", row {row}"
         if field is not None:
             where += f", field '{field}'"
-        super().__init__(f"{where}: {problem}")
-        self.file, self.row, self.field = str(file), row, field
+        super().__init__(f"{where}: {problem}".replace("\n", " "))  # one line, whatever a library's message holds
+        self.file, self.row, self.field, self.problem = str(file), row, field, problem
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file (BOM dropped); other bytes are a DataError naming the line and column of the first one."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line, line_start = data.count(b"\n", 0, error.start) + 1, data.rfind(b"\n", 0, error.start) + 1
+        column = len(data[line_start:error.start].decode("utf-8", errors="replace")) + 1
+        raise DataError(path, f"not UTF-8 text (byte 0x{data[error.start]:02x} at column {column}); save the file "
+                        "as UTF-8", row=f"line {line}") from None
+
+
+def jsonl_row(path, line_number: int, line: str) -> dict:
+    """One line of a JSONL file as a dict; anything else is a DataError naming the line."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise DataError(path, f"not valid JSON ({error.msg})", row=f"line {line_number}") from None
+    if not isinstance(row, dict):
+        raise DataError(path, "each line must be a JSON object", row=f"line {line_number}")
+    return row
 
 
 def read_rows(path: str | Path) -> list[tuple[int | str, dict]]:
-    """Rows of a JSONL / JSON / CSV / TSV / Parquet file as (row label, dict) pairs.
+    """Rows of a JSONL / JSON / CSV / TSV / .txt (tab-separated) / Parquet file as (row label, dict) pairs.
 
     The row label is what a user finds in an editor: the line number for JSONL, CSV and TSV (the header is
     line 1), the 1-based row for JSON lists and Parquet.
@@ -56,66 +84,65 @@ def read_rows(path: str | Path) -> list[tuple[int | str, dict]]:
     if not path.is_file():
         raise DataError(path, "file not found")
     suffix = path.suffix.lower()
-    if suffix == ".jsonl" or (suffix == ".json" and _looks_like_jsonl(path)):
-        rows = []
-        with path.open(encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise DataError(path, f"not valid JSON ({error.msg})", row=f"line {line_number}") from None
-                if not isinstance(row, dict):
-                    raise DataError(path, "each line must be a JSON object", row=f"line {line_number}")
-                rows.append((f"line {line_number}", row))
-    elif suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8") or "[]")
-        except json.JSONDecodeError as error:
-            raise DataError(path, f"not valid JSON ({error.msg} at line {error.lineno})") from None
-        if isinstance(data, dict) and "data" in data:  # the {"data": [...]} layout datasets also reads
-            data = data["data"]
-        if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
-            raise DataError(path, "a .json file must hold a list of objects (or use .jsonl)")
-        rows = [(index, row) for index, row in enumerate(data, start=1)]
-    elif suffix in (".csv", ".tsv"):
-        try:
-            # Strings only, no NA guessing: every value is validated by the caller. TSV files of GLUE-style
-            # corpora carry unbalanced quote characters, so TSV is read without quoting.
-            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False,
-                                quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL)
-        except pd.errors.EmptyDataError:
-            raise DataError(path, "the file is empty") from None
-        except pd.errors.ParserError as error:
-            raise DataError(path, f"not a valid {suffix[1:].upper()} file ({error})") from None
-        rows = [(f"line {index + 2}", row) for index, row in enumerate(frame.to_dict("records"))]
-    elif suffix == ".parquet":
+    if suffix not in TABLE_SUFFIXES:
+        raise DataError(path, f"unknown file type '{suffix}' (expected one of {', '.join(TABLE_SUFFIXES)})")
+    text = "" if suffix == ".parquet" else read_text(path)
+    if suffix == ".parquet":
         try:
             frame = pd.read_parquet(path)
         except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
             raise DataError(path, "the file is empty" if path.stat().st_size == 0
                             else f"not a valid Parquet file ({error})") from None
         rows = [(index + 1, row) for index, row in enumerate(frame.to_dict("records"))]
+    elif suffix == ".jsonl" or (suffix == ".json" and _looks_like_jsonl(text)):
+        rows = [(f"line {number}", jsonl_row(path, number, line))
+                for number, line in enumerate(text.split("\n"), start=1) if line.strip()]
+    elif suffix == ".json":
+        try:
+            data = json.loads(text or "[]")
+        except json.JSONDecodeError as error:
+            raise DataError(path, f"not valid JSON ({error.msg})", row=f"line {error.lineno}") from None
+        if isinstance(data, dict) and "data" in data:  # the {"data": [...]} layout datasets also reads
+            data = data["data"]
+        if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
+            raise DataError(path, "a .json file must hold a list of objects (or use .jsonl)")
+        rows = [(index, row) for index, row in enumerate(data, start=1)]
     else:
-        raise DataError(path, f"unknown file type '{suffix}' (expected one of {', '.join(TABLE_SUFFIXES)})")
+        comma = suffix == ".csv"
+        try:
+            # Strings only, no NA guessing: every value is validated by the caller. TSV files of GLUE-style
+            # corpora carry unbalanced quote characters, so TSV is read without quoting.
+            frame = pd.read_csv(io.StringIO(text), sep="," if comma else "\t", dtype=str, keep_default_na=False,
+                                quoting=csv.QUOTE_MINIMAL if comma else csv.QUOTE_NONE)
+        except pd.errors.EmptyDataError:
+            raise DataError(path, "the file is empty") from None
+        except pd.errors.ParserError as error:
+            kind = "CSV" if comma else "tab-separated"
+            raise DataError(path, f"not a valid {kind} file ({str(error).strip()})") from None
+        rows = [(f"line {index + 2}", row) for index, row in enumerate(frame.to_dict("records"))]
     if not rows:
         raise DataError(path, "the file is empty (no rows)")
     return rows
 
 
-def _looks_like_jsonl(path: Path) -> bool:
-    with path.open(encoding="utf-8") as handle:
-        first = handle.read(1)
-        while first and first.isspace():
-            first = handle.read(1)
-    if first != "{":
+def _looks_like_jsonl(text: str) -> bool:
+    if not text.lstrip().startswith("{"):
         return False
     try:  # one object is either the {"data": [...]} layout or a one-line JSONL file
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = json.loads(text)
     except json.JSONDecodeError:
         return True  # several objects (or a broken one): read line by line so errors name the line
     return not (isinstance(document, dict) and isinstance(document.get("data"), list))
+
+
+def require_columns(rows: list, path, needed, header: str | None = None) -> None:
+    """Every needed column in a table's header; else one error naming the missing columns and the ones found."""
+    found = list(rows[0][1])
+    missing = [column for column in needed if column not in found]
+    if missing:
+        hint = "; the file looks separated by ';': save it with commas" if len(found) == 1 and ";" in found[0] else ""
+        raise DataError(path, f"no column{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))} (columns found: "
+                        f"{', '.join(map(repr, found))}){hint}", row=header, field=missing[0])
 
 
 def find_split_files(folder: str | Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
@@ -125,7 +152,8 @@ def find_split_files(folder: str | Path, suffixes: tuple[str, ...]) -> dict[str,
     name is taken when it is the only one. A folder without a train file is an error.
     """
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    every_file = sorted(p for p in folder.iterdir() if p.is_file())
+    files = [p for p in every_file if p.suffix.lower() in suffixes]
     found = {}
     for split, names in SPLIT_NAMES.items():
         exact = [p for p in files if p.stem.lower() in names]
@@ -137,8 +165,8 @@ def find_split_files(folder: str | Path, suffixes: tuple[str, ...]) -> dict[str,
         if candidates:
             found[split] = candidates[0]
     if "train" not in found:
-        raise DataError(folder, f"no train file (expected e.g. train.jsonl; found: "
-                        f"{', '.join(p.name for p in files) or 'no data files'})")
+        raise DataError(folder, f"no train file (expected e.g. train.jsonl, of type {', '.join(suffixes)}; found: "
+                        f"{', '.join(p.name for p in every_file) or 'no files'})")
     return found
 
 
@@ -147,29 +175,54 @@ def load_hub_dataset(name: str, config: str | None = None) -> datasets.DatasetDi
     try:
         return datasets.load_dataset(name, config)
     except Exception as error:  # noqa: BLE001 - any failure here means "could not get it"; say what to do
-        raise DataError(name, f"could not load this dataset from the Hugging Face Hub ({type(error).__name__}: "
-                        f"{str(error).splitlines()[0] if str(error) else ''}). Offline? Pass a local folder or "
-                        "files instead, e.g. ../shared/data/semeval2014_laptops") from None
+        raise DataError(name, f"no such local file or folder, and could not load this dataset from the Hugging Face "
+                        f"Hub ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). Offline? "
+                        "Pass a local folder or files instead, e.g. ../shared/data/semeval2014_laptops") from None
 
 
-def carve_validation(splits: datasets.DatasetDict, fraction: float, seed: int,
-                     stratify_by: str | None = "label") -> datasets.DatasetDict:
-    """Give `splits` a validation split taken from train (seeded, stratified) when it has none.
+def carve_validation(splits: datasets.DatasetDict, fraction: float, seed: int, stratify_by: str | None = "label",
+                     group_by=("text",), source="train") -> datasets.DatasetDict:
+    """Give `splits` a validation split taken from train when it has none: whole texts, stratified, seeded.
 
-    Model selection must never look at the test split; this keeps it honest for sources that ship only
-    train and test.
+    Rows with the same `group_by` values (the aspects of a sentence, a repeated tweet) stay on one side, so model
+    selection never sees train's texts (nor test's). scikit-learn makes round(1 / fraction) folds (0.1: 10, 0.15: 7),
+    stratified by the ClassLabel column `stratify_by` as far as the groups allow, and one fold is validation (above
+    0.5: all but one); with fewer texts than folds, one text. `source` names the train data in errors.
     """
     if "validation" in splits:
         return splits
     if not 0 < fraction < 1:
         raise ValueError(f"validation_fraction must be between 0 and 1, got {fraction}")
-    stratify = stratify_by if stratify_by and isinstance(splits["train"].features.get(stratify_by),
-                                                          datasets.ClassLabel) else None
-    try:
-        parts = splits["train"].train_test_split(test_size=fraction, seed=seed, stratify_by_column=stratify)
-    except ValueError:  # a class too small to stratify: fall back to a plain seeded split
-        parts = splits["train"].train_test_split(test_size=fraction, seed=seed)
-    logger.info("validation split: %d rows carved from train (seed %d)", len(parts["test"]), seed)
+    train = splits["train"]
+    keys = [column for column in group_by if column in train.column_names]
+    groups = (train.select_columns(keys).to_pandas().groupby(keys, sort=False).ngroup().to_numpy() if keys
+              else np.arange(len(train)))
+    folds = min(round(1 / min(fraction, 1 - fraction)), groups.max() + 1)  # fewer texts than folds: one held out
+    if folds < 2:
+        raise DataError(source, f"cannot carve a validation split from {len(train)} rows with a single text; give "
+                        "a validation file")
+    labels = (np.asarray(train[stratify_by]) if isinstance(train.features.get(stratify_by), datasets.ClassLabel)
+              else np.zeros(len(train), dtype=int))
+    # StratifiedGroupKFold weighs one group at a time (seconds for 10k groups), so texts that occur once, most of a
+    # sequence-classification set, go to StratifiedKFold; each part is stratified, so their union is too.
+    repeated = np.bincount(groups)[groups] > 1
+    if (~repeated).sum() < folds:
+        repeated[:] = True
+    held_out = np.zeros(len(train), dtype=bool)
+    with warnings.catch_warnings():  # a class rarer than the folds is stratified as far as it goes
+        warnings.simplefilter("ignore", UserWarning)
+        parts = ((np.flatnonzero(~repeated), StratifiedKFold), (np.flatnonzero(repeated), StratifiedGroupKFold))
+        for part, splitter in parts:
+            if len(np.unique(groups[part])) < folds:  # a few repeated texts: they stay in train
+                continue
+            y = labels[part] if np.bincount(labels[part]).max() >= folds else np.zeros(len(part), dtype=int)
+            fold = next(splitter(folds, shuffle=True, random_state=seed).split(part, y, groups[part]))[1]
+            held_out[part[fold]] = True
+    if fraction > 0.5:
+        held_out = ~held_out
+    logger.info("validation split: %d rows (%d texts) carved from train, no text on both sides (seed %d)",
+                held_out.sum(), len(np.unique(groups[held_out])), seed)
     result = datasets.DatasetDict(splits)
-    result["train"], result["validation"] = parts["train"], parts["test"]
+    result["train"], result["validation"] = (train.select(np.flatnonzero(~held_out)),
+                                             train.select(np.flatnonzero(held_out)))
     return result

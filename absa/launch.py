@@ -10,6 +10,7 @@ Two accelerate 1.15 traps train silently in the wrong way (measured, see acceler
 import os
 
 import torch
+from accelerate.utils import DistributedType
 
 CPU_LAUNCH = "ACCELERATE_USE_CPU=true torchrun --nproc_per_node N SCRIPT ARGS"
 
@@ -30,16 +31,31 @@ def _flag(var):
 
 
 def fsdp_wrap_classes(model) -> list[str]:
-    """Class names for FSDP's TRANSFORMER_BASED_WRAP: the model's `_no_split_modules`, or, where
-    transformers defines none (DebertaV2* and Electra* in transformers 5.23 have an empty set), the
-    class of the encoder layers. Assign the result to `model._no_split_modules` before
-    `accelerator.prepare`; with an empty list accelerate wraps no layer and FSDP gathers the whole
-    model at once."""
-    names = set(getattr(model, "_no_split_modules", None) or ())
-    if not names:
-        layer_lists = [mod for name, mod in model.named_modules() if name.endswith("encoder.layer")]
-        names = {type(layer).__name__ for layers in layer_lists for layer in layers}
-    return sorted(names)
+    """Class names of the encoder's layers (BertLayer, XLMRobertaXLLayer, DebertaV2Layer, ...) for FSDP's
+    TRANSFORMER_BASED_WRAP: assign them to `model._no_split_modules` before `accelerator.prepare`.
+
+    Not transformers' own `_no_split_modules`: it is empty for DeBERTa-v2 and ELECTRA (then no layer would be
+    wrapped and the whole model would be one FSDP unit), and BERT's names BertEmbeddings, inside which accelerate
+    1.15 then shards the input embedding a second time and fails.
+    """
+    layer_lists = [module for name, module in model.named_modules() if name.endswith("encoder.layer")]
+    return sorted({type(layer).__name__ for layers in layer_lists for layer in layers})
+
+
+def make_fsdp_ready(model):
+    """Set the FSDP wrap classes and give every parameter real storage; returns the model.
+
+    With FSDP's cpu_ram_efficient_loading, transformers leaves newly initialised weights (a classification head) on
+    the meta device on every rank but the first. accelerate maps the optimizer's parameters to the sharded ones by
+    `data_ptr()`, which is 0 for every meta tensor, so those weights would share one optimizer slot (wrong updates,
+    and a crash when the optimizer state is saved). Empty real storage gives them distinct pointers; their values
+    come from rank 0 when the model is sharded.
+    """
+    model._no_split_modules = fsdp_wrap_classes(model)
+    for module in model.modules():
+        if any(parameter.is_meta for parameter in module.parameters(recurse=False)):
+            module.to_empty(device="cpu", recurse=False)
+    return model
 
 
 def check_distributed_setup(accelerator) -> None:
@@ -52,7 +68,9 @@ def check_distributed_setup(accelerator) -> None:
     gpu_launcher = by_accelerate and "LOCAL_RANK" in env
     fsdp = _flag("ACCELERATE_USE_FSDP")
 
-    if accelerator.device.type == "cpu" and (fsdp or gpu_launcher):
+    # The failure is FSDP asked for but not in effect (accelerate falls back to plain CPU processes without GPUs).
+    not_sharded = fsdp and accelerator.distributed_type != DistributedType.FSDP
+    if not_sharded or (gpu_launcher and accelerator.device.type == "cpu"):
         what = "an FSDP" if fsdp else "a multi-GPU"
         raise SystemExit(
             f"Refusing to train: {what} launch was requested but this process runs on the CPU "

@@ -26,6 +26,7 @@ def single_label_metrics(logits: np.ndarray, labels: np.ndarray, label_names) ->
     report = skm.classification_report(labels, predictions, labels=classes, target_names=list(label_names),
                                        output_dict=True, zero_division=0)
     return {
+        "examples": len(labels),
         "loss": torch.nn.functional.cross_entropy(logits_t, torch.as_tensor(labels)).item(),
         "accuracy": skm.accuracy_score(labels, predictions),
         "macro_precision": precision, "macro_recall": recall, "macro_f1": f1,
@@ -48,6 +49,7 @@ def multi_label_metrics(logits: np.ndarray, labels: np.ndarray, label_names, thr
     report = skm.classification_report(labels, predictions, target_names=list(label_names), output_dict=True,
                                        zero_division=0)
     return {
+        "examples": len(labels),
         "loss": torch.nn.functional.binary_cross_entropy_with_logits(logits_t, torch.as_tensor(labels).float()).item(),
         "micro_f1": skm.f1_score(labels, predictions, average="micro", zero_division=0),
         "macro_f1": skm.f1_score(labels, predictions, average="macro", zero_division=0),
@@ -71,7 +73,7 @@ def regression_metrics(predictions: np.ndarray, targets: np.ndarray) -> dict:
     predictions, targets = predictions.reshape(-1).astype(np.float64), targets.reshape(-1).astype(np.float64)
     mse = skm.mean_squared_error(targets, predictions)
     return {
-        "loss": mse, "mse": mse, "rmse": float(np.sqrt(mse)), "mae": skm.mean_absolute_error(targets, predictions),
+        "examples": len(targets), "loss": mse, "mse": mse, "rmse": float(np.sqrt(mse)), "mae": skm.mean_absolute_error(targets, predictions),
         "pearson": float(stats.pearsonr(predictions, targets)[0]) if predictions.std() > 0 else 0.0,
         "spearman": float(stats.spearmanr(predictions, targets)[0]) if predictions.std() > 0 else 0.0,
     }

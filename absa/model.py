@@ -23,7 +23,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from .aspects import require_fast_tokenizer
-from .launch import fsdp_wrap_classes
+from .launch import make_fsdp_ready
 
 WEIGHTS_NAME = "model.safetensors"
 POOLINGS = ("max", "mean")
@@ -82,8 +82,7 @@ class AbsaClassifier(nn.Module):
             dropout = getattr(config, "classifier_dropout", None) or getattr(config, "hidden_dropout_prob", 0.1)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        # FSDP's transformer-layer auto-wrap reads this to find the encoder's layer classes for any family.
-        self._no_split_modules = fsdp_wrap_classes(encoder)
+        make_fsdp_ready(self)  # FSDP's wrap classes: the encoder's layers, for any family
 
     @property
     def config(self):
@@ -106,7 +105,7 @@ class AbsaClassifier(nn.Module):
             raise loading_error(name_or_path, error) from None
         model = cls(encoder, pooling=pooling, dropout=dropout)
         if max_length:
-            config.absa_max_length = int(max_length)
+            model.config.absa_max_length = int(max_length)  # the encoder's config: the one saved
         nn.init.normal_(model.classifier.weight, std=getattr(config, "initializer_range", 0.02))
         nn.init.zeros_(model.classifier.bias)
         return model
@@ -134,8 +133,11 @@ class AbsaClassifier(nn.Module):
         state_dict = self.state_dict() if state_dict is None else state_dict
         save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, folder / WEIGHTS_NAME,
                   metadata={"format": "pt"})
-        self.config.architectures = [type(self).__name__]
+        self.config.architectures = [AbsaClassifier.__name__]  # not FSDP2's FSDPAbsaClassifier
         self.config.save_pretrained(folder)
+
+    def get_input_embeddings(self):  # accelerate's FSDP2 gives the (large) word embedding its own unit
+        return self.encoder.get_input_embeddings()
 
     def gradient_checkpointing_enable(self, **kwargs):
         self.encoder.gradient_checkpointing_enable(**kwargs)

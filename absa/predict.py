@@ -33,9 +33,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from .aspects import AspectCollator, encode_aspect_batch
-from .data import find_occurrences
-from .launch import bf16_is_native
 from .batches import text_groups
+from .data import find_occurrences
+from .files import is_missing
+from .launch import bf16_is_native
 from .model import AbsaClassifier, load_tokenizer
 
 MARK_START, MARK_END = "[B-ASP]", "[E-ASP]"
@@ -101,6 +102,7 @@ class AspectSpan:
     end: int
     occurrences: int = 1
     ambiguous: bool = False
+    spans: tuple = ()  # every occurrence the mask covers (a $T$ record naming its target twice); default start:end
 
     @property
     def aspect(self) -> str:
@@ -114,14 +116,14 @@ def resolve_aspect(text: str, aspect: str | None = None, start=None, end=None,
     With markers and an aspect, the marked aspect with that wording is taken (several marked aspects need the
     aspect to say which). Raises `AspectError` naming what is wrong.
     """
-    if _is_missing(text) or not str(text).strip():
+    if is_missing(text, text=True):
         raise AspectError("the text is missing or empty", "text")
     clean, marked = parse_marked_text(str(text))
-    aspect = None if _is_missing(aspect) else str(aspect).strip()
-    occurrence = None if _is_missing(occurrence) else _whole_number(occurrence, "occurrence")
+    aspect = None if is_missing(aspect, text=True) else str(aspect).strip()
+    occurrence = None if is_missing(occurrence) else _whole_number(occurrence, "occurrence")
     if occurrence is not None and occurrence < 1:
         raise AspectError(f"occurrence counts from 1, got {occurrence}", "occurrence")
-    if not (_is_missing(start) and _is_missing(end)):
+    if not (is_missing(start) and is_missing(end)):
         if marked:
             raise AspectError("give the aspect either with [B-ASP]...[E-ASP] markers or with start/end, not both",
                               "start")
@@ -172,11 +174,6 @@ def _nth(spans, occurrence, aspect):
     return spans[number - 1]
 
 
-def _is_missing(value) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, float)
-                                                                                and value != value)
-
-
 def _shorten(text: str, width: int = 80) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
@@ -187,10 +184,11 @@ def _shorten(text: str, width: int = 80) -> str:
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | str) -> torch.dtype:
     """The compute dtype for `--dtype auto|fp32|bf16` (None = auto) on `device`.
 
-    auto is bf16 on CUDA GPUs that support it, and on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX-BF16,
-    as `torch.cpu.get_capabilities()` reports); fp32 elsewhere. Without native support bf16 is emulated and slower
-    than fp32. bf16 runs under autocast: weights stay fp32, matrix products run in bf16, softmax and layer norms in
-    fp32, so probabilities move by about 1e-2 at most against fp32.
+    auto is bf16 on CUDA GPUs with native bf16 (Ampere and newer) and on CPUs with native bf16 arithmetic
+    (AVX512-BF16 or AMX-BF16, as `torch.cpu.get_capabilities()` reports); fp32 elsewhere. Without native support bf16
+    is emulated and slower than fp32, so an explicit bf16 on such a GPU is refused. bf16 runs under autocast: weights
+    stay fp32, matrix products run in bf16, softmax and layer norms in fp32, so probabilities move by about 1e-2 at
+    most against fp32.
     """
     device = torch.device(device)
     if isinstance(dtype, torch.dtype):
@@ -200,8 +198,9 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | str) -
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if dtype == "auto":
         return torch.bfloat16 if bf16_is_native(device) else torch.float32
-    if dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16; use dtype fp32")
+    if dtype == "bf16" and device.type == "cuda" and not bf16_is_native(device):
+        raise ValueError(f"this GPU ({torch.cuda.get_device_name(device)}) has no native bf16 (emulated, it is "
+                         "slower than fp32); use dtype fp32")
     return torch.bfloat16 if dtype == "bf16" else torch.float32
 
 
@@ -211,25 +210,27 @@ def autocast(device: torch.device | str, dtype: torch.dtype):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
 
 
-def default_max_length(tokenizer) -> int:
-    """The tokenizer's own limit; 512 when it declares none (some set a huge placeholder)."""
+def default_max_length(tokenizer, trained: int | None = None) -> int:
+    """The length the model was trained with (`absa_max_length` in its config, written by finetune_absa.py), so that
+    long texts are cut as in training; for older folders the tokenizer's own limit, 512 when it declares none (some
+    set a huge placeholder)."""
     limit = getattr(tokenizer, "model_max_length", None)
-    return int(limit) if limit and limit <= 100_000 else 512
+    return int(trained) if trained else int(limit) if limit and limit <= 100_000 else 512
 
 
 def encode_spans(tokenizer, spans: Sequence[AspectSpan], max_length: int, labels=None,
                  source: str = "input") -> list[dict]:
     """Collator features (input_ids, attention_mask, aspect_mask) for each span, with `labels` riding along.
 
-    `labels` defaults to the position of each span. `absa.training.predict` gathers whatever is under "labels"
-    together with the logits and never shows it to the model, so carrying the input position there tells which
-    output belongs to which input, however the batches were sorted and shared between processes.
+    `labels` defaults to the position of each span: the loops pop "labels" before the model sees a batch, so
+    carrying the input position there tells which output belongs to which input, however the batches were sorted.
     """
     features = []
     for first in range(0, len(spans), 1024):  # tokenized in chunks: one fast-tokenizer call per chunk
         chunk = spans[first:first + 1024]
         columns = encode_aspect_batch({"text": [s.text for s in chunk], "start": [s.start for s in chunk],
-                                       "end": [s.end for s in chunk]}, list(range(first, first + len(chunk))),
+                                       "end": [s.end for s in chunk],
+                                       "spans": [s.spans or ((s.start, s.end),) for s in chunk]}, list(range(first, first + len(chunk))),
                                       tokenizer, max_length, split=source)
         for i in range(len(chunk)):
             features.append({"input_ids": columns["input_ids"][i], "attention_mask": columns["attention_mask"][i],
@@ -271,8 +272,9 @@ def label_names_of(model) -> list[str]:
     return [config.id2label[i] for i in range(config.num_labels)]
 
 
-def read_label_names(folder: str | Path) -> list[str]:
-    """The class names of an ABSA model folder, from its config.json alone (to read data before loading weights)."""
+def read_absa_config(folder: str | Path) -> dict:
+    """The config.json of an ABSA model folder (label names, `absa_max_length`), to check data before the weights
+    load. Anything else ends in SystemExit with a one-line reason."""
     config_file = Path(folder) / "config.json"
     if not Path(folder).is_dir():
         raise SystemExit(f"{folder}: no such model folder")
@@ -283,7 +285,13 @@ def read_label_names(folder: str | Path) -> list[str]:
     if "absa_pooling" not in config or "id2label" not in config:
         raise SystemExit(f"{folder}: not an ABSA model folder (no config.json with 'absa_pooling' and 'id2label'); "
                          "give the output of finetune_absa.py (its best_model folder)")
-    return [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+    return config
+
+
+def read_label_names(folder: str | Path) -> list[str]:
+    """The class names of an ABSA model folder, in label-id order, from its config.json alone."""
+    id2label = read_absa_config(folder)["id2label"]
+    return [id2label[str(i)] for i in range(len(id2label))]
 
 
 def load_absa_model(folder: str | Path) -> tuple[AbsaClassifier, object]:
@@ -321,14 +329,15 @@ class AbsaPredictor:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.dtype = resolve_dtype(dtype, self.device)
-        self.max_length = max_length or default_max_length(tokenizer)
+        self.max_length = max_length or default_max_length(tokenizer, getattr(model.config, "absa_max_length", None))
         self.label_names = label_names_of(model)
         self.collator = AspectCollator(tokenizer)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device=None, batch_size: int = 64, dtype=None,
                         max_length: int | None = None) -> AbsaPredictor:
-        """Load model and tokenizer once; device None = CUDA when available; dtype None = "auto"."""
+        """Load model and tokenizer once; device None = CUDA when available; dtype None = "auto"; max_length None = the
+        length the model was trained with (see `default_max_length`)."""
         model, tokenizer = load_absa_model(folder)
         return cls(model, tokenizer, device=device, batch_size=batch_size, dtype=dtype, max_length=max_length)
 

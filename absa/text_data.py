@@ -1,7 +1,8 @@
 """Sequence-classification data: train / validation / test splits of texts (or text pairs) with labels.
 
 Sources: a Hub dataset (`imdb`, `glue` + config, `sem_eval_2018_task_1`, ...) or local files (JSONL, JSON, CSV,
-TSV, Parquet, and tab-separated `.txt` as SemEval-2018 ships it) in a folder or named one by one.
+TSV, Parquet, and tab-separated `.txt` as SemEval-2018 ships it: `absa.files.read_rows`) in a folder or named one
+by one.
 
 The task is read from the labels unless forced:
 * several label columns (one 0/1 column per label) or a label column holding lists -> `multi_label`;
@@ -14,7 +15,6 @@ i.e. before a model is loaded or a step is trained.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import pandas as pd
 
-from .files import TABLE_SUFFIXES, DataError, carve_validation, find_split_files, load_hub_dataset, read_rows
+from .files import (SPLIT_NAMES, TABLE_SUFFIXES, DataError, carve_validation, find_split_files, is_missing,
+                    load_hub_dataset, read_rows, require_columns)
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +45,6 @@ TEXT_COLUMN_GUESSES = (("sentence1", "sentence2"), ("question1", "question2"), (
                        ("question", "sentence"), ("text",), ("sentence",), ("Tweet",), ("tweet",), ("review",),
                        ("content",))
 LABEL_COLUMN_GUESSES = ("label", "labels", "score")
-TXT_SUFFIXES = (".txt",)  # tab-separated with a header, like SemEval-2018 E-c's 2018-E-c-En-train.txt
-DATA_SUFFIXES = TABLE_SUFFIXES + TXT_SUFFIXES
 TEXT, TEXT_PAIR, LABELS, ROW = "text", "text_pair", "labels", "row"
 _TRUE, _FALSE = ("1", "1.0", "true", "yes"), ("0", "0.0", "false", "no")
 
@@ -125,8 +123,9 @@ def load_text_data(dataset: str | None = None, *, dataset_config: str | None = N
             raise DataError(train.source, "--select_on_test needs a test split")
         logger.warning("selecting the best epoch on the TEST split: its test scores are optimistic")
         splits["validation"] = splits["test"]
-    # Stratified for single-label (ClassLabel column); a plain seeded split otherwise.
-    splits = carve_validation(splits, validation_fraction, seed, stratify_by=LABELS)
+    # Whole texts (a repeated text or pair stays on one side); stratified for single-label (a ClassLabel column).
+    splits = carve_validation(splits, validation_fraction, seed, stratify_by=LABELS, group_by=(TEXT, TEXT_PAIR),
+                              source=train.source)
     return TextData(splits=splits, task=task, label_names=label_names, text_columns=text_columns,
                     label_columns=label_columns, sources={name: split.source for name, split in raw.items()})
 
@@ -139,7 +138,7 @@ def read_raw_splits(dataset, dataset_config, train_file, validation_file, test_f
     files = {split: Path(path) for split, path in
              (("train", train_file), ("validation", validation_file), ("test", test_file)) if path}
     if dataset and Path(dataset).is_dir():
-        files = {**find_split_files(dataset, DATA_SUFFIXES), **files}
+        files = {**find_split_files(dataset, TABLE_SUFFIXES), **files}
     elif dataset and Path(dataset).is_file():
         files = {"train": Path(dataset), **files}
     if files:
@@ -152,34 +151,15 @@ def read_raw_splits(dataset, dataset_config, train_file, validation_file, test_f
 
 
 def _read_file(path: Path) -> RawSplit:
-    suffix = path.suffix.lower()
-    header = "line 1 (header)" if suffix in (".csv", ".tsv") + TXT_SUFFIXES else None
-    if suffix in TXT_SUFFIXES:
-        return RawSplit(str(path), _read_tab_separated(path), header)
+    header = "line 1 (header)" if path.suffix.lower() in (".csv", ".tsv", ".txt") else None
     return RawSplit(str(path), read_rows(path), header)
-
-
-def _read_tab_separated(path: Path) -> list:
-    """A tab-separated `.txt` file with a header, read like `read_rows` reads `.tsv` (strings, no quoting)."""
-    if not path.is_file():
-        raise DataError(path, "file not found")
-    try:
-        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)
-    except pd.errors.EmptyDataError:
-        raise DataError(path, "the file is empty") from None
-    except pd.errors.ParserError as error:
-        raise DataError(path, f"not a valid tab-separated file ({error})") from None
-    if frame.empty:
-        raise DataError(path, "the file is empty (no rows)")
-    return [(f"line {index + 2}", row) for index, row in enumerate(frame.to_dict("records"))]
 
 
 def _read_hub(name: str, config: str | None) -> dict[str, RawSplit]:
     """Train / validation / test of a Hub dataset; a test split without labels (GLUE) is replaced by validation."""
     hub = load_hub_dataset(name, config)
-    aliases = {"train": ("train",), "validation": ("validation", "valid", "dev"), "test": ("test",)}
     raw = {}
-    for split, names in aliases.items():
+    for split, names in SPLIT_NAMES.items():
         found = next((n for n in names if n in hub), None)
         if found is None:
             continue
@@ -204,7 +184,7 @@ def _drop_unlabelled_test(raw: dict[str, RawSplit]) -> dict[str, RawSplit]:
     if test is None or not test.rows:
         return raw
     label_keys = [k for k in LABEL_COLUMN_GUESSES if k in test.rows[0][1]]
-    if label_keys and all(_is_missing(record[label_keys[0]]) or record[label_keys[0]] == -1 for _, record in test.rows):
+    if label_keys and all(is_missing(record[label_keys[0]]) or record[label_keys[0]] == -1 for _, record in test.rows):
         logger.warning("%s has no labels: the validation split becomes the test split and validation is carved "
                        "from train", test.source)
         del raw["test"]
@@ -254,12 +234,9 @@ def _columns(split: RawSplit) -> list[str]:
 
 def _require_columns(split: RawSplit, columns) -> None:
     """Every needed column exists: reported at the header of delimited files, else at the first row without it."""
+    if split.header is not None:
+        return require_columns(split.rows, split.source, columns, split.header)
     for column in columns:
-        if split.header is not None:
-            if column not in split.rows[0][1]:
-                raise DataError(split.source, f"no column '{column}' (columns: {', '.join(_columns(split))})",
-                                row=split.header, field=column)
-            continue
         for row, record in split.rows:
             if column not in record:
                 raise DataError(split.source, f"no field '{column}' (fields: {', '.join(record)})", row=row,
@@ -269,19 +246,9 @@ def _require_columns(split: RawSplit, columns) -> None:
 # ----------------------------------------------------------------------------------------------- labels
 
 
-def _is_missing(value) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, str):  # CSV cells are strings: "" and "NaN" are what spreadsheets write for nothing
-        return not value.strip() or value.strip().lower() == "nan"
-    if isinstance(value, (float, np.floating)):
-        return math.isnan(value)
-    return False
-
-
 def _parse(value):
     """(kind, value, written as a float) with kind one of missing / number / text / list / bool."""
-    if _is_missing(value):
+    if is_missing(value):
         return "missing", None, False
     if isinstance(value, (bool, np.bool_)):
         return "bool", bool(value), False
@@ -310,9 +277,8 @@ def _parse(value):
 
 
 def _kind_name(kind: str, one: bool = False) -> str:
-    if one:
-        return {"number": "a number", "text": "text", "list": "a list", "bool": "a true/false value"}[kind]
-    return {"number": "numbers", "text": "text", "list": "lists", "bool": "true/false values"}[kind]
+    return {"number": ("numbers", "a number"), "text": ("text", "text"), "list": ("lists", "a list"),
+            "bool": ("true/false values", "a true/false value")}[kind][one]
 
 
 @dataclass
@@ -409,7 +375,7 @@ def _label_names(task, raw, label_columns, kinds, given: list[str]) -> list[str]
 def _item_name(item, split: RawSplit, row, column) -> str:
     if isinstance(item, (int, np.integer)) and not isinstance(item, bool) and column in split.class_names:
         return split.class_names[column][int(item)]
-    if _is_missing(item) or isinstance(item, (list, dict)):
+    if is_missing(item) or isinstance(item, (list, dict)):
         raise DataError(split.source, f"a label list holds {item!r}", row=row, field=column)
     return str(item).strip()
 
@@ -418,9 +384,13 @@ def _texts(split: RawSplit, row, record, text_columns) -> list[str]:
     texts = []
     for column in text_columns:
         value = record.get(column)
-        if value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip():
+        if is_missing(value, text=True):
             raise DataError(split.source, "missing or empty text", row=row, field=column)
-        texts.append(str(value))
+        if not isinstance(value, str):  # a number or a list in JSON / Parquet is not a text
+            value = getattr(value, "tolist", lambda: value)()  # numpy values from Parquet, as Python ones
+            raise DataError(split.source, f"must be a string, got {type(value).__name__} {value!r:.80}", row=row,
+                            field=column)
+        texts.append(value)
     return texts
 
 

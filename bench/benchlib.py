@@ -49,6 +49,13 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_line() -> str:
+    """The CPU model and its bf16 features, printed with every table (the defaults must hold on each)."""
+    capabilities = getattr(torch.cpu, "get_capabilities", dict)()
+    features = [name for name in ("avx512_bf16", "amx_bf16") if capabilities.get(name)]
+    return f"{cpu_model()}, {os.cpu_count()} cores, bf16 features: {', '.join(features) or 'none (bf16 emulated)'}"
+
+
 def environment() -> dict:
     import accelerate
     import datasets
@@ -192,9 +199,9 @@ class TrainerTdBert(torch.nn.Module):
         self.model = model
         self.config = model.config
 
-    def forward(self, labels=None, **batch):
+    def forward(self, input_ids, attention_mask, aspect_mask, labels=None):  # named: the Trainer keeps these columns
         from transformers.modeling_outputs import SequenceClassifierOutput
-        logits = self.model(**batch)
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, aspect_mask=aspect_mask)
         loss = torch.nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
@@ -205,3 +212,55 @@ def trainer_model(seed: int = 42, pooling: str = "max"):
     from absa.model import AbsaClassifier
     set_seed(seed)
     return TrainerTdBert(AbsaClassifier.from_encoder(MODEL, LABELS, pooling))
+
+
+# --------------------------------------------------------------------------- the product's own loop, observed
+
+
+class StopRun(Exception):
+    """Raised by a hook of `run_finetune_absa` to end the product's run once the benchmark has what it needs."""
+
+
+def run_finetune_absa(settings, after_step, on_train_batch=None, patch=None) -> None:
+    """`finetune_absa.main(settings)`, the product's own loop, with hooks and nothing else changed.
+
+    `after_step(run, samples)` is called after every trained batch (from `RunState.batch_done`, i.e. after the
+    optimizer step and the loop's bookkeeping) and may raise `StopRun`. `on_train_batch(batch)` sees every train
+    batch as the collator builds it (accelerate's loader fetches one batch ahead; callers queue them).
+    `patch(finetune_absa)` may change the script's module for a lever before the run (restored after).
+    """
+    import finetune_absa
+
+    saved = dict(vars(finetune_absa))
+
+    class ObservedRun(finetune_absa.RunState):
+        def batch_done(self, loss, samples):
+            super().batch_done(loss, samples)
+            after_step(self, samples)
+
+    def dataloaders(features, collator, settings, **kwargs):
+        loaders = saved["make_dataloaders"](features, collator, settings, **kwargs)
+        for split, loader in loaders.items():  # evaluation batches are not training steps
+            loader.collate_fn = ObservedCollatorView(collator, train=split == "train")
+        return loaders
+
+    class ObservedCollatorView:
+        def __init__(self, collator, train):
+            self.collator, self.train = collator, train
+
+        def __call__(self, features):
+            batch = self.collator(features)
+            if on_train_batch is not None and self.train:
+                on_train_batch(batch)
+            return batch
+
+    finetune_absa.RunState = ObservedRun
+    finetune_absa.make_dataloaders = dataloaders
+    if patch is not None:
+        patch(finetune_absa)
+    try:
+        finetune_absa.main(settings)
+    except StopRun:
+        pass
+    finally:
+        vars(finetune_absa).update(saved)

@@ -1,4 +1,5 @@
-"""Prediction throughput: use_absa.py's predictor (absa.predict.AbsaPredictor) against the seed's way of predicting.
+"""Prediction throughput: the Python API's predictor (absa.predict.AbsaPredictor; use_absa.py batches the same way)
+against the seed's way of predicting. At corpus scale (files of 100k to 10M rows): bench/predict_scale.py.
 
     python bench/predict_throughput.py                                  # a fresh (untrained) MiniLM ABSA model
     python bench/predict_throughput.py --model runs/laptops/best_model  # a fine-tuned one (also reports accuracy)

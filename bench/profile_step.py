@@ -1,12 +1,11 @@
-"""Where one training step of the product's loop spends its time (torch.profiler, CPU), by operator.
+"""Where one training step of finetune_absa.py's own loop spends its time (torch.profiler, CPU), by operator.
 
-    python bench/profile_step.py                         # bf16 autocast + fused AdamW (--mixed_precision auto here)
+    python bench/profile_step.py                         # the product's defaults (bf16 autocast where native)
     python bench/profile_step.py --mixed-precision no    # fp32
+    python bench/profile_step.py --set freeze_word_embeddings=true   # any finetune_absa.py setting
 
-The step is absa.training.fit's: forward under the accelerator's autocast, accelerator.backward, clip_grad_norm_ (1.0),
-optimizer.step, scheduler.step, zero_grad(set_to_none=True); model, optimizer and scheduler come from the product's
-functions, the batches from its length-grouped sampler (epoch 0, seed 42) on Laptop14 train. After --warmup steps,
---steps steps are profiled; the table groups operators into what they are for.
+The steps are those of `finetune_absa.main` itself on Laptop14 train with the embedded MiniLM (batch 16): after
+--warmup steps, --steps steps are profiled, then the run stops. The table groups operators by what they are for.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,13 +23,13 @@ import torch  # noqa: E402
 
 GROUPS = {  # operator -> what it is for
     "aten::mm": "matrix products", "aten::addmm": "matrix products", "aten::bmm": "matrix products",
-    "aten::_scaled_dot_product_flash_attention_for_cpu": "matrix products",
-    "aten::_scaled_dot_product_flash_attention_for_cpu_backward": "matrix products",
-    "aten::bernoulli_": "dropout masks (RNG)",
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "matrix products (attention)",
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward": "matrix products (attention)",
+    "aten::bernoulli_": "dropout masks (RNG)", "aten::native_dropout": "dropout masks (RNG)",
     "aten::_fused_adamw_": "AdamW update", "aten::_foreach_add_": "AdamW update",
-    "aten::fill_": "zero-filling gradients (mostly the 30522 x 384 word-embedding gradient)",
-    "aten::zero_": "zero-filling gradients (mostly the 30522 x 384 word-embedding gradient)",
-    "aten::copy_": "dtype casts (autocast) and copies",
+    "aten::fill_": "zero-filling (mostly the word-embedding gradient)",
+    "aten::zero_": "zero-filling (mostly the word-embedding gradient)",
+    "aten::copy_": "dtype casts (autocast) and copies", "aten::_to_copy": "dtype casts (autocast) and copies",
     "aten::linalg_vector_norm": "gradient clipping", "aten::_foreach_norm": "gradient clipping",
     "aten::embedding_dense_backward": "embedding backward", "aten::index_add_": "embedding backward",
     "aten::gelu": "GELU", "aten::gelu_backward": "GELU",
@@ -40,71 +40,62 @@ GROUPS = {  # operator -> what it is for
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mixed-precision", default="bf16", choices=("no", "bf16"))
+    parser.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "bf16"))
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="another finetune_absa.py setting, e.g. freeze_word_embeddings=true")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--top", type=int, default=15)
     options = parser.parse_args()
     torch.set_num_threads(options.threads)
     benchlib.quiet_libraries()
     import finetune_absa
+    from absa.training import parse_settings
     from torch.profiler import ProfilerActivity, profile
-    from absa.aspects import AspectCollator, encode_absa_splits
-    from absa.batches import make_dataloaders
-    from absa.training import make_accelerator, make_optimizer, make_scheduler
-    from absa.model import AbsaClassifier, load_tokenizer
 
     command = benchlib.command_line()
-    print(f"$ {command}\n{benchlib.cpu_model()}, {options.threads} threads, torch {torch.__version__}; "
+    print(f"$ {command}\n{benchlib.cpu_line()}, {options.threads} threads, torch {torch.__version__}; "
           f"{benchlib.load_line()}", flush=True)
-    settings = finetune_absa.Settings(model_name_or_path=benchlib.MODEL, dataset=benchlib.DATASET,
-                                      output_dir="runs/bench_profile", mixed_precision=options.mixed_precision)
-    accelerator = make_accelerator(settings)
-    tokenizer = load_tokenizer(settings.model_name_or_path)
-    features = encode_absa_splits(benchlib.laptop_splits(), tokenizer, settings.max_length)
-    loaders = make_dataloaders({"train": features["train"]}, AspectCollator(tokenizer), settings)
-    model = AbsaClassifier.from_encoder(settings.model_name_or_path, settings.label_names, settings.pooling)
-    optimizer = make_optimizer(model, settings)
-    train_loader = accelerator.prepare(loaders["train"])
-    scheduler = make_scheduler(optimizer, settings, train_loader, accelerator)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    model.train()
-    batches = iter(train_loader)
+    workdir = tempfile.mkdtemp(prefix="bench_profile_")
+    flags = [f"--{item.split('=', 1)[0]}={item.split('=', 1)[1]}" for item in options.set]
+    settings = parse_settings(finetune_absa.Settings, [
+        "--model_name_or_path", benchlib.MODEL, "--dataset", benchlib.DATASET, "--output_dir", workdir,
+        "--mixed_precision", options.mixed_precision, *flags])
+    state = {"steps": 0, "tokens": [], "profiler": None, "started": None}
 
-    def step():  # absa.training.fit's step (gradient accumulation 1)
-        batch = next(batches)
-        with accelerator.accumulate(model):
-            labels = batch.pop("labels")
-            loss = torch.nn.functional.cross_entropy(model(**batch).float(), labels)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        return batch["attention_mask"].numel(), int(batch["attention_mask"].sum())
+    def after_step(run, samples):
+        state["steps"] += 1
+        if state["steps"] == options.warmup:
+            state["profiler"] = profile(activities=[ProfilerActivity.CPU])
+            state["profiler"].__enter__()
+            state["started"] = time.perf_counter()
+        elif state["steps"] == options.warmup + options.steps:
+            state["seconds"] = time.perf_counter() - state["started"]
+            state["profiler"].__exit__(None, None, None)
+            raise benchlib.StopRun
 
-    for _ in range(options.warmup):
-        step()
-    started = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        counts = [step() for _ in range(options.steps)]
-    seconds = time.perf_counter() - started
-    events = profiler.key_averages()
+    def on_train_batch(batch):
+        if state["profiler"] is not None:
+            state["tokens"].append((batch["attention_mask"].numel(), int(batch["attention_mask"].sum())))
+
+    benchlib.run_finetune_absa(settings, after_step, on_train_batch)
+    events = state["profiler"].key_averages()
     total = sum(event.self_cpu_time_total for event in events)
     grouped: dict[str, float] = {}
     for event in events:
         group = GROUPS.get(event.key, "everything else (small element-wise ops, autograd, Python)")
         grouped[group] = grouped.get(group, 0.0) + event.self_cpu_time_total
+    seconds, counts = state["seconds"], state["tokens"][:options.steps]
     padded, real = sum(c[0] for c in counts), sum(c[1] for c in counts)
-    print(f"\n{options.steps} steps, {options.mixed_precision}: {1000 * seconds / options.steps:.0f} ms/step under the "
-          f"profiler ({16 * options.steps / seconds:.1f} samples/s), {real / options.steps:.0f} real of "
-          f"{padded / options.steps:.0f} padded tokens per batch")
+    print(f"\n{options.steps} steps, mixed precision {options.mixed_precision} {' '.join(flags)}: "
+          f"{1000 * seconds / options.steps:.0f} ms/step under the profiler ({16 * options.steps / seconds:.1f} "
+          f"samples/s), {real / len(counts):.0f} real of {padded / len(counts):.0f} padded tokens encoded per batch")
     print(f"{'share':>6}  {'ms/step':>7}  what")
     for group, value in sorted(grouped.items(), key=lambda item: -item[1]):
         print(f"{value / total:6.1%}  {value / total * 1000 * seconds / options.steps:7.1f}  {group}")
     print("\nTop operators:")
-    print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=45))
+    print(events.table(sort_by="self_cpu_time_total", row_limit=options.top, max_name_column_width=45))
     print(f"$ {command}")
 
 

@@ -1,48 +1,43 @@
-"""Training throughput: finetune_absa.py's loop against the seed tutorial's Trainer recipe, side by side, one run.
+"""Training throughput: finetune_absa.py's own loop against the seed tutorial's Trainer recipe, side by side, one run.
 
     python bench/train_throughput.py                      # (a) product vs (b) seed recipe vs (c) best-practice Trainer
-    python bench/train_throughput.py --set levers         # what each speed lever of the product loop is worth
-    python bench/train_throughput.py --set levers2        # torch.compile and allocator levers
-    python bench/train_throughput.py --set contenders --rounds 10 --steps-per-round 6 --warmup-steps 10
+    python bench/train_throughput.py --set defaults       # what each speed default of the product is worth here
+    python bench/train_throughput.py --set levers         # the levers measured for issue 14
+    python bench/train_throughput.py --set contenders --rounds 30 --steps-per-round 4 --warmup-steps 10
 
-Model: the embedded MiniLM (BERT, 6 layers, hidden 384); data: SemEval-2014 Laptop14 train (the 2095 rows left
-after finetune_absa.py carves 10 % for validation, tokenized by the product, max_length 128); batch 16.
+Model: the embedded MiniLM (BERT, 6 layers, hidden 384); data: SemEval-2014 Laptop14 train (what finetune_absa.py
+keeps after carving validation, tokenized by the product, max_length 128); batch 16 aspects; --learning_rate 5e-5.
 
 Contenders (each in its own process, started one after the other; all use the same thread count):
-  a       finetune_absa.py with its defaults, through the product's own code: encode_absa_splits, make_dataloaders,
-          AbsaClassifier, make_optimizer, make_scheduler, make_accelerator and `absa.training.fit` itself. The only
-          addition is a wrapper around the train loader that pauses the loop between measuring rounds. Defaults:
-          --mixed_precision auto (bf16 autocast on this CPU: AVX512-BF16), fused AdamW, length-grouped batches,
-          and the aspects of one sentence encoded once per batch (AspectCollator(share_texts=True)).
+  a       `finetune_absa.main` itself, with its defaults: the script's loop, model, optimizer, loaders. The bench
+          only observes it (benchlib.run_finetune_absa: a hook after each trained batch, which pauses the loop
+          between measuring rounds, and a look at each train batch for token counts) and stops it after the last
+          round. A lever is a finetune_absa.py setting or a named patch of the script's module (PATCHES).
   a_fp32  a with --mixed_precision no.
   b       the seed recipe: transformers.Trainer, every text padded to 100 tokens, fp32, random order, the same
           TD-BERT model (AbsaClassifier) fed by a fixed-padding collator.
   c       the best-practice Trainer: per-batch padding, train_sampling_strategy="group_by_length", bf16=True.
   c_fp32  c in fp32.
-The length-grouped Trainers (c, c_fp32) and the levers without shared sentence encoding draw the SAME batches: the
-Trainer's LengthGroupedSampler gets the generator the product's sampler uses for epoch 0 (seed 42). The product's
-defaults shuffle whole sentences (their aspects side by side, encoded once), so their batches hold the same number
-of examples from the same length-grouped shuffle, but not the same examples; tokens/s shows the work per example.
 
-Protocol: every contender first runs --warmup-steps optimizer steps and then waits. The parent then runs
---rounds rounds; in each, the contenders take turns (the order rotates every round) to run --steps-per-round
-optimizer steps while the others sleep. A window is timed from the end of one optimizer step to the end of the
-k-th next, so it holds everything the loop does per step: fetching and collating the batch, forward, backward,
-clipping, optimizer, scheduler, and the loop's own bookkeeping. Nothing runs concurrently within this benchmark.
-The machine is shared: for every window the parent reads /proc/stat and subtracts the contender's own CPU time, which
-gives the cores other processes used meanwhile. Headline numbers use only the rounds in which that stayed at or under
---max-other-cores (0.1) in every window; the per-round numbers of all rounds are in the JSON results.
+Protocol: every contender first runs --warmup-steps optimizer steps and then waits. The parent then runs --rounds
+short rounds; in each, the contenders take turns (the order rotates every round) to run --steps-per-round optimizer
+steps while the others sleep. A window is timed from the end of one optimizer step to the end of the k-th next, so
+it holds everything the loop does per step. Ratios are reported as the MEDIAN of the per-round ratios (two
+contenders in the same round share the machine's state) with their interquartile range and extremes; when the
+interquartile range is wider than --max-ratio-spread of the median the ratio is flagged as unreadable. For every
+window the parent reads /proc/stat and subtracts the contender's own CPU time, which gives the cores other processes
+used meanwhile; rounds in which that passed --max-other-cores in any window are left out (all kept if none is clean).
 
-Reported per contender: samples/s, real (non-pad) tokens/s, peak RSS of its process, and useful-MFU = FLOPs on
-the real tokens (6 x non-embedding params per token + attention 12 x layers x hidden x L^2 per example) per
-second / the matmul peak of the precision it computes in (fp32 or bf16), measured in this run by large
-torch.matmul products with the same thread count.
+Reported per contender: samples/s, real (non-pad) tokens/s, peak RSS of its process, and useful-MFU = FLOPs on the
+real tokens through the encoder (6 x non-embedding params per token + attention) per second / the matmul peak of
+the precision it computes in (fp32 or bf16), measured in this run by large torch.matmul products. Every table is
+printed with the CPU model and its bf16 features.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import collections
 import multiprocessing
 import os
 import sys
@@ -53,6 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402  (sets HF_HUB_OFFLINE and the import path of the product)
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 # ----------------------------------------------------------------------------- contenders
@@ -63,62 +59,70 @@ TRAINER_C_FP32 = {"kind": "trainer", "pad": None, "bf16": False, "group": True}
 SETTINGS = ("mixed_precision", "pad_to_multiple_of", "num_workers", "fused_adamw")  # finetune_absa.py settings
 
 
-def product(base: dict | None = None, **changes) -> dict:
-    """A product run: `base` (default: finetune_absa.py's defaults, whatever they are now) with `changes`.
-    finetune_absa.py settings go to its Settings; the rest are this bench's switches (optim, attn, compile,
-    threads, share_texts, env)."""
-    spec = {"kind": "product", **copy.deepcopy(base or {})}
-    spec.setdefault("settings", {})
+def product(**changes) -> dict:
+    """A product run: finetune_absa.py's defaults (whatever they are now) with `changes`: finetune_absa.py settings,
+    or `patches` (names in PATCHES), `threads`, `env` (environment of the contender's process)."""
+    spec = {"kind": "product", "settings": {}, "patches": []}
     for key, value in changes.items():
-        (spec["settings"] if key in SETTINGS else spec)[key] = value
+        if key in ("patches", "threads", "env"):
+            spec[key] = value
+        else:
+            spec["settings"][key] = value
     return spec
 
 
+def _unshared_collator(script):
+    """One encoder pass per aspect, as before the shared-encoding default."""
+    class OnePassPerAspect(script.AspectCollator):
+        def __init__(self, tokenizer, pad_to_multiple_of=None, share_texts=True):
+            super().__init__(tokenizer, pad_to_multiple_of, share_texts=False)
+    script.AspectCollator = OnePassPerAspect
+
+
+def _eager_attention(script):
+    original = script.AbsaClassifier.from_encoder
+
+    class Eager(script.AbsaClassifier):
+        @classmethod
+        def from_encoder(cls, *args, **kwargs):
+            return original(*args, attn_implementation="eager", **kwargs)
+    script.AbsaClassifier = Eager
+
+
+def _keep_gradient_buffers(script):
+    """zero_grad(set_to_none=False): gradients zeroed in place instead of allocated anew by every backward."""
+    class KeepBuffers(torch.optim.AdamW):
+        def zero_grad(self, set_to_none=True):
+            super().zero_grad(set_to_none=False)
+    script.torch.optim.AdamW = KeepBuffers
+
+
+PATCHES = {"one pass per aspect": _unshared_collator, "eager attention": _eager_attention,
+           "keep gradient buffers": _keep_gradient_buffers}
+# accelerate's own torch.compile (TorchDynamoPlugin from the environment): one compile per encoder layer class.
+REGIONAL_COMPILE = {"ACCELERATE_DYNAMO_BACKEND": "INDUCTOR", "ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION": "True",
+                    "ACCELERATE_DYNAMO_USE_DYNAMIC": "True"}
+NO_MMAP = {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824"}
+
 PRODUCT = product()
-# The product before the levers: fp32, for-loop AdamW, SDPA, one encoder pass per aspect.
-BEFORE_LEVERS = {"settings": {"mixed_precision": "no"}, "optim": "forloop", "attn": "sdpa", "compile": False,
-                 "threads": None, "share_texts": False}
-
-
-def lever(**changes) -> dict:
-    """A product run with explicit settings, independent of the product's current defaults."""
-    return product(BEFORE_LEVERS, **changes)
-
-
 SETS = {
     "contenders": {"a": PRODUCT, "a_fp32": product(mixed_precision="no"), "b": TRAINER_B, "c": TRAINER_C,
                    "c_fp32": TRAINER_C_FP32},
     "defaults": {  # what each of the product's speed defaults is worth now: the defaults, then one thing undone
         "product defaults": PRODUCT,
-        "- shared sentence encoding": product(share_texts=False),
+        "- shared sentence encoding": product(patches=["one pass per aspect"]),
         "- bf16 autocast (fp32)": product(mixed_precision="no"),
         "- fused AdamW (for-loop)": product(fused_adamw=False),
-        "+ eager attention": product(attn="eager"),
-        "+ torch.compile dynamic": product(compile=True),
     },
     "levers": {
-        "fp32, for-loop AdamW (product at HEAD)": lever(),
-        "fp32, foreach AdamW": lever(optim="foreach"),
-        "fp32, fused AdamW": lever(optim="fused"),
-        "bf16 autocast, for-loop AdamW": lever(mixed_precision="bf16"),
-        "bf16 autocast, fused AdamW": lever(mixed_precision="bf16", optim="fused"),
-        "bf16, fused, eager attention": lever(mixed_precision="bf16", optim="fused", attn="eager"),
-        "bf16, fused, pad_to_multiple_of 8": lever(mixed_precision="bf16", optim="fused", pad_to_multiple_of=8),
-        "bf16, fused, DataLoader worker": lever(mixed_precision="bf16", optim="fused", num_workers=1),
-        "bf16, fused, 1 thread": lever(mixed_precision="bf16", optim="fused", threads=1),
-    },
-    "levers2": {  # in a second run: at most ~10 processes of ~1.2 GB each at once
-        "bf16 autocast, fused AdamW": lever(mixed_precision="bf16", optim="fused"),
-        "bf16, fused, torch.compile dynamic": lever(mixed_precision="bf16", optim="fused", compile=True),
-        # Allocator: the word-embedding gradient (30522 x 384 fp32, 47 MB) is freed by zero_grad(set_to_none=True)
-        # and allocated again every step; glibc serves it by mmap, so each step page-faults it in again.
-        "bf16, fused, THP_MEM_ALLOC_ENABLE=1": lever(mixed_precision="bf16", optim="fused",
-                                                     env={"THP_MEM_ALLOC_ENABLE": "1"}),
-        "bf16, fused, glibc malloc without mmap": lever(mixed_precision="bf16", optim="fused", env={
-            "GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824"}),
+        "product defaults": PRODUCT,
+        "fp32": product(mixed_precision="no"),
+        "+ frozen word embeddings": product(freeze_word_embeddings=True),
+        "+ regional torch.compile": product(env=REGIONAL_COMPILE),
+        "+ gradients zeroed in place": product(patches=["keep gradient buffers"]),
+        "+ glibc malloc without mmap": product(env=NO_MMAP),
     },
 }
-SETS["all"] = {**SETS["contenders"], **SETS["levers"], **SETS["levers2"]}
 
 
 # ----------------------------------------------------------------------------- measuring inside a worker
@@ -147,6 +151,7 @@ class Pacer:
         self.conn, self.warmup, self.per_round, self.rounds = conn, warmup, per_round, rounds
         self.completed = 0
         self.dims = None
+        self.pending = collections.deque()  # token counts of batches built but not yet trained on
         self._reset()
 
     def _reset(self):
@@ -154,7 +159,7 @@ class Pacer:
         self.started, self.cpu = time.perf_counter(), process_cpu_seconds()
 
     def batch(self, batch) -> None:
-        """Record the batch the next optimizer step trains on.
+        """Record a train batch as it is built (accelerate's loader builds one ahead; `step_done` takes them in order).
 
         lengths: every example's real tokens (what an encoder pass per example computes, comparable across
         contenders); encoded: the real tokens that went through the encoder (fewer when a sentence's aspects
@@ -162,12 +167,14 @@ class Pacer:
         mask = batch["attention_mask"]
         rows = batch["sequence_index"] if "sequence_index" in batch else torch.arange(len(mask))
         encoded = mask.sum(dim=1)
-        self.lengths.extend(encoded[rows].tolist())
-        self.encoded.extend(encoded.tolist())
-        self.padded += mask.numel()
+        self.pending.append((encoded[rows].tolist(), encoded.tolist(), mask.numel()))
 
     def step_done(self) -> None:
         """Called after each optimizer step (and the loop's bookkeeping for it)."""
+        lengths, encoded, padded = self.pending.popleft()
+        self.lengths += lengths
+        self.encoded += encoded
+        self.padded += padded
         self.completed += 1
         counted = self.completed - self.warmup
         if counted < 0 or counted % self.per_round:
@@ -181,9 +188,8 @@ class Pacer:
                             "tokens": sum(self.lengths), "encoded_tokens": sum(self.encoded),
                             "padded_tokens": self.padded, "flops": benchlib.useful_flops(self.encoded, self.dims),
                             "rss_mib": benchlib.peak_rss_mib()})
-        message = self.conn.recv()  # "go" for the next window, "finish" after the last one
-        if message == "finish":
-            self.warmup = 10 ** 9  # the run winds up unmeasured
+        if self.conn.recv() == "finish":  # "go" for the next window, "finish" after the last one
+            raise benchlib.StopRun
         self._reset()
 
     @property
@@ -191,94 +197,41 @@ class Pacer:
         return self.warmup + self.per_round * self.rounds
 
 
-class PacedLoader:
-    """The product's prepared train loader, pausing before each fetch that follows a completed optimizer step."""
-
-    def __init__(self, loader, pacer: Pacer):
-        self.loader, self.pacer = loader, pacer
-
-    def __len__(self):
-        return len(self.loader)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.loader.set_epoch(epoch)
-
-    def __iter__(self):
-        iterator, fetched = iter(self.loader), 0
-        while True:
-            if fetched:
-                self.pacer.step_done()  # fit() asks for the next batch only once the previous step is done
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                return
-            fetched += 1
-            self.pacer.batch(batch)
-            yield batch
-
-
-def rebuild_optimizer(optimizer, implementation: str):
-    """The product's AdamW (same groups, decay, lr) with an explicit implementation: forloop / foreach / fused."""
-    flags = {"forloop": {"foreach": False, "fused": False}, "foreach": {"foreach": True, "fused": False},
-             "fused": {"foreach": False, "fused": True}}[implementation]
-    groups = [{"params": group["params"], "weight_decay": group["weight_decay"]} for group in optimizer.param_groups]
-    defaults = optimizer.defaults
-    return torch.optim.AdamW(groups, lr=defaults["lr"], betas=defaults["betas"], eps=defaults["eps"], **flags)
-
-
 def run_product(spec: dict, pacer: Pacer, workdir: str) -> dict:
-    """finetune_absa.main up to `fit`, step for step (see finetune_absa.py), with the pacing loader."""
+    """`finetune_absa.main` itself (benchlib.run_finetune_absa), paced after every step, stopped after the last round."""
     import finetune_absa
-    from absa.aspects import AspectCollator, encode_absa_splits
-    from absa.data import load_absa_splits
-    from absa.batches import make_dataloaders
-    from absa.training import (check_settings, clear_output_dir, fit, make_accelerator,
-                           make_optimizer, make_scheduler, prepare_output_dir)
-    from absa.metrics import single_label_metrics
-    from absa.model import AbsaClassifier, load_tokenizer
 
     settings = finetune_absa.Settings(model_name_or_path=benchlib.MODEL, dataset=benchlib.DATASET,
-                                      output_dir=workdir, overwrite_output_dir=True,
-                                      max_steps=pacer.total_steps + 1, **spec.get("settings", {}))
-    check_settings(settings, finetune_absa.METRICS)
-    output_dir = prepare_output_dir(settings)
-    accelerator = make_accelerator(settings)
-    benchlib.quiet_libraries()
-    splits = load_absa_splits(settings.dataset, label_names=settings.label_names,
-                              validation_fraction=settings.validation_fraction, seed=settings.seed)
-    tokenizer = load_tokenizer(settings.model_name_or_path)
-    features = encode_absa_splits(splits, tokenizer, settings.max_length)
-    collator = AspectCollator(tokenizer, settings.pad_to_multiple_of, share_texts=spec.get("share_texts", True))
-    loaders = make_dataloaders(features, collator, settings)
-    clear_output_dir(accelerator, output_dir, resuming=False)
+                                      output_dir=workdir, overwrite_output_dir=True, learning_rate=5e-5,
+                                      **spec["settings"])
+    seen = {}
 
-    load_kwargs = {"attn_implementation": spec["attn"]} if spec.get("attn") else {}
-    model = AbsaClassifier.from_encoder(settings.model_name_or_path, settings.label_names, settings.pooling,
-                                        **load_kwargs)
-    pacer.dims = benchlib.encoder_dimensions(model)
-    optimizer = make_optimizer(model, settings)
-    if spec.get("optim"):
-        optimizer = rebuild_optimizer(optimizer, spec["optim"])
-    if spec.get("compile"):
-        model = torch.compile(model, dynamic=True)
-    train_loader, validation_loader = accelerator.prepare(loaders["train"], loaders["validation"])
-    scheduler = make_scheduler(optimizer, settings, train_loader, accelerator)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    def patch(script):
+        for name in spec["patches"]:
+            PATCHES[name](script)
+        build = script.AbsaClassifier.from_encoder
 
-    def compute_metrics(logits, labels):
-        return single_label_metrics(logits, labels, settings.label_names)
+        def from_encoder(*args, **kwargs):  # the model's size, for the FLOP count
+            seen["model"] = model = build(*args, **kwargs)
+            pacer.dims = benchlib.encoder_dimensions(model)
+            return model
+        script.AbsaClassifier = type("Counted", (script.AbsaClassifier,), {"from_encoder": staticmethod(from_encoder)})
+        make = script.make_accelerator
 
-    fit(accelerator, model, optimizer, scheduler, PacedLoader(train_loader, pacer), validation_loader,
-        compute_metrics, settings, tokenizer,
-        compute_loss=lambda logits, labels: torch.nn.functional.cross_entropy(logits.float(), labels))
-    inner = optimizer.optimizer
-    return {"precision": accelerator.mixed_precision if accelerator.mixed_precision != "no" else "fp32",
-            "attention": accelerator.unwrap_model(model).config._attn_implementation,
-            "optimizer": ("fused" if inner.defaults.get("fused") else "foreach" if inner.defaults.get("foreach")
-                          else "for-loop" if inner.defaults.get("foreach") is False else "default (for-loop on CPU)"),
+        def make_accelerator(settings):  # the precision it computes in, for the MFU
+            seen["accelerator"] = accelerator = make(settings)
+            return accelerator
+        script.make_accelerator = make_accelerator
+
+    benchlib.run_finetune_absa(settings, lambda run, samples: pacer.step_done(), pacer.batch, patch)
+    model = seen["model"]
+    return {"precision": "bf16" if seen["accelerator"].mixed_precision == "bf16" else "fp32",
+            "attention": model.config._attn_implementation,
+            "optimizer": "fused AdamW" if settings.fused_adamw else "AdamW (default implementation)",
             "settings": {key: getattr(settings, key) for key in ("learning_rate", "per_device_batch_size",
                                                                  "mixed_precision", "pad_to_multiple_of",
-                                                                 "group_by_length", "num_workers", "max_length")}}
+                                                                 "group_by_length", "num_workers", "max_length")},
+            "patches": spec["patches"]}
 
 
 def run_trainer(spec: dict, pacer: Pacer, workdir: str) -> dict:
@@ -314,10 +267,13 @@ def run_trainer(spec: dict, pacer: Pacer, workdir: str) -> dict:
             return super().training_step(model, inputs, num_items_in_batch)
 
     args = benchlib.seed_training_arguments(workdir, bf16=spec["bf16"], group_by_length=spec["group"],
-                                            max_steps=pacer.total_steps)
+                                            max_steps=pacer.total_steps + 1)
     trainer = BenchTrainer(model=model, args=args, train_dataset=train, data_collator=collator,
                            processing_class=tokenizer, callbacks=[Paced()])
-    trainer.train()
+    try:
+        trainer.train()
+    except benchlib.StopRun:  # after the last round
+        pass
     return {"precision": "bf16" if spec["bf16"] else "fp32", "attention": model.config._attn_implementation,
             "optimizer": str(args.optim), "padding": f"fixed {spec['pad']}" if spec["pad"] else "per batch",
             "sampling": args.train_sampling_strategy}
@@ -348,11 +304,13 @@ def parse_args():
     parser.add_argument("--set", choices=sorted(SETS), default="contenders")
     parser.add_argument("--only", default=None, help="Comma-separated contender names of the set to run.")
     parser.add_argument("--warmup-steps", type=int, default=10)
-    parser.add_argument("--steps-per-round", type=int, default=6)
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--steps-per-round", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--max-other-cores", type=float, default=0.1, help="A round counts only if other processes "
                         "used at most this many cores during each of its windows (from /proc/stat).")
+    parser.add_argument("--max-ratio-spread", type=float, default=0.25, help="Flag a ratio whose interquartile "
+                        "range over rounds is wider than this share of its median.")
     parser.add_argument("--output", default=None, help="JSON results (default bench/results/train_<set>.json).")
     parser.add_argument("--logs", default="runs/bench_logs", help="One log file per contender process.")
     return parser.parse_args()
@@ -375,13 +333,13 @@ def measure(options, workers: dict) -> None:
     if options.only:
         contenders = {name: contenders[name] for name in options.only.split(",")}
     total_steps = options.warmup_steps + options.steps_per_round * options.rounds
-    if total_steps + 1 > 2095 // 16:
-        raise SystemExit(f"{total_steps} steps would pass the end of the first epoch (131 steps): an epoch end "
-                         "evaluates and checkpoints inside the timed windows")
+    if total_steps + 1 > 2090 // 16:
+        raise SystemExit(f"{total_steps} steps would pass the end of the first epoch (about 130 steps): an epoch "
+                         "end evaluates and checkpoints inside the timed windows")
     command = benchlib.command_line()
     print(f"$ {command}", flush=True)
     env = benchlib.environment()
-    print(f"{env['cpu']}, {env['cores']} cores, {options.threads} threads; torch {env['torch']}, transformers "
+    print(f"{benchlib.cpu_line()}; {options.threads} threads; torch {env['torch']}, transformers "
           f"{env['transformers']}, accelerate {env['accelerate']}; {benchlib.load_line()}", flush=True)
 
     peaks = {"fp32": benchlib.matmul_peak(torch.float32), "bf16": benchlib.matmul_peak(torch.bfloat16)}
@@ -480,13 +438,19 @@ def measure(options, workers: dict) -> None:
     ratios = {}
     pairs = ([(a, o) for a in ("a", "a_fp32") if a in rows for o in ("b", "c", "c_fp32") if o in rows]
              or [(names[0], other) for other in names[1:]])
+    print(f"\nratios: median of the {len(use)} per-round ratios [interquartile range] (extremes)")
     for reference, other in pairs:
         per_round = [rows[reference]["all_rounds_samples_per_s"][i] / rows[other]["all_rounds_samples_per_s"][i]
                      for i in use]
-        ratios[f"{reference}/{other}"] = {"ratio": rows[reference]["samples_per_s"] / rows[other]["samples_per_s"],
-                                          "per_round_min": min(per_round), "per_round_max": max(per_round)}
-        print(f"({reference})/({other}) = {ratios[f'{reference}/{other}']['ratio']:.2f}x (per round {min(per_round):.2f}"
-              f"-{max(per_round):.2f})")
+        low, median, high = (float(q) for q in np.quantile(per_round, [0.25, 0.5, 0.75]))
+        unreadable = (high - low) > options.max_ratio_spread * median
+        ratios[f"{reference}/{other}"] = {"median": median, "q25": low, "q75": high, "min": min(per_round),
+                                          "max": max(per_round), "unreadable": unreadable,
+                                          "ratio_of_totals": rows[reference]["samples_per_s"] / rows[other]["samples_per_s"]}
+        print(f"({reference}) / ({other}) = {median:.2f}x [{low:.2f}-{high:.2f}] ({min(per_round):.2f}-"
+              f"{max(per_round):.2f})" + ("  WARNING: the spread makes this ratio unreadable (noisy box?)"
+                                         if unreadable else ""))
+    print(benchlib.cpu_line())
     print(f"\n$ {command}")
     output = Path(options.output or benchlib.ROOT / "bench" / "results" / f"train_{options.set}.json")
     benchlib.write_results(output, {"command": command, "environment": env, "peaks_gflops": peaks,

@@ -170,13 +170,12 @@ def test_xl_config_wraps_every_encoder_layer(family, kind, monkeypatch):
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_fsdp_wrap_classes_keeps_transformers_list(family):
+def test_fsdp_wrap_classes_are_the_encoder_layers(family):
     encoder = encoder_without_pooler(tiny_config(family))
-    own = set(encoder._no_split_modules or ())
-    # transformers 5.23 defines no _no_split_modules for DeBERTa-v2 and ELECTRA; only there the
-    # helper falls back to the layer class.
-    expected = own or {type(encoder.encoder.layer[0]).__name__}
-    assert set(fsdp_wrap_classes(encoder)) == expected
+    # Not transformers' list: empty for DeBERTa-v2 / ELECTRA, and BERT's names BertEmbeddings.
+    assert fsdp_wrap_classes(encoder) == [type(encoder.encoder.layer[0]).__name__]
+    model = AutoModelForSequenceClassification.from_config(tiny_config(family))
+    assert fsdp_wrap_classes(model) == [type(model.base_model.encoder.layer[0]).__name__]
 
 
 # ---------------------------------------------------------------- check_distributed_setup, in-process

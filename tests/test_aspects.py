@@ -160,7 +160,8 @@ def test_long_text_keeps_the_aspect_inside_the_window(tokenizers, family, where)
         assert encoded["input_ids"][0] == tokenizer(text)["input_ids"][0]  # special tokens kept
         assert encoded["input_ids"][-1] == tokenizer(text)["input_ids"][-1]
         # the window is a piece of the original text around the aspect
-        window, w_start, w_end = window_around_aspect(tokenizer, text, start, start + len(aspect), max_length)
+        window, spans = window_around_aspect(tokenizer, text, [(start, start + len(aspect))], max_length)
+        [(w_start, w_end)] = spans
         assert window in text and window[w_start:w_end] == aspect
         if where == "middle":  # centred: context on both sides
             assert w_start > 0 and w_end < len(window)
@@ -296,3 +297,60 @@ def test_sentencepiece_only_folder_works(sentencepiece_model_dir):
     encoded = encode_one(tokenizer, text, "battery life", max_length=24)
     assert len(encoded["input_ids"]) <= 24
     assert_mask_is_the_aspect(tokenizer, encoded, "battery life")
+
+
+# --------------------------------------------------------------------------- a target named several times
+
+
+TWEET = "lady gaga has brought back the female rapper . - really ? lady gaga is not back , she never left"
+
+
+def runs(mask) -> list[list[int]]:
+    """The masked positions as runs of consecutive tokens."""
+    found = []
+    for t, m in enumerate(mask):
+        if m:
+            if found and found[-1][-1] == t - 1:
+                found[-1].append(t)
+            else:
+                found.append([t])
+    return found
+
+
+@pytest.mark.parametrize("family", ["bert", "xlm-roberta", "deberta-v2"])
+def test_every_span_of_a_doubled_target_is_masked(tokenizers, family):
+    tokenizer = tokenizers[family]
+    spans = [[m.start(), m.end()] for m in re.finditer("lady gaga", TWEET)]
+    assert len(spans) == 2
+    out = encode_aspect_batch({"text": [TWEET], "start": [spans[0][0]], "end": [spans[0][1]], "spans": [spans],
+                               "label": [0]}, [0], tokenizer, 128)
+    mask = out["aspect_mask"][0]
+    expected = sorted({t for start, end in spans for t in overlapping_tokens(tokenizer, TWEET, start, end)})
+    assert [t for t, m in enumerate(mask) if m] == expected
+    assert len(runs(mask)) == 2  # two separate places, each decoding to the target
+    for run in runs(mask):
+        assert simplify(tokenizer.decode([out["input_ids"][0][t] for t in run])) == simplify("lady gaga")
+    # without `spans` (the predict path), start / end alone: the first place only
+    first = encode_one(tokenizer, TWEET, "lady gaga")
+    assert [t for t, m in enumerate(first["aspect_mask"]) if m] == runs(mask)[0]
+
+
+@pytest.mark.parametrize("family", ["bert", "deberta-v2"])
+def test_window_keeps_every_span_that_fits_else_the_first(tokenizers, family):
+    tokenizer = tokenizers[family]
+    filler = " ".join(FILLER[i % len(FILLER)] for i in range(200))
+    near = f"{filler} the keyboard is bad and the keyboard is loud {filler}"
+    spans = [[m.start(), m.end()] for m in re.finditer("keyboard", near)]
+    window, kept = window_around_aspect(tokenizer, near, spans, 24)
+    assert len(kept) == 2 and all(window[a:b] == "keyboard" for a, b in kept)
+    far = f"the keyboard is bad {filler} the keyboard is loud {filler}"
+    spans = [[m.start(), m.end()] for m in re.finditer("keyboard", far)]
+    window, kept = window_around_aspect(tokenizer, far, spans, 24)
+    assert len(kept) == 1 and window[kept[0][0]:kept[0][1]] == "keyboard"
+    assert window.startswith("the keyboard is bad")  # around the first span
+    for text in (near, far):  # and through encode_aspect_batch: the mask has as many places as were kept
+        spans = [[m.start(), m.end()] for m in re.finditer("keyboard", text)]
+        out = encode_aspect_batch({"text": [text], "start": [spans[0][0]], "end": [spans[0][1]], "spans": [spans]},
+                                  [0], tokenizer, 24)
+        assert len(out["input_ids"][0]) <= 24
+        assert len(runs(out["aspect_mask"][0])) == (2 if text is near else 1)

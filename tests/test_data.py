@@ -139,7 +139,8 @@ def test_every_format_gives_the_same_rows(tmp_path, name):
     dataset = load_all(path)
     assert as_tuples(dataset) == EXPECTED
     assert dataset.features["label"].names == list(DEFAULT_LABELS)
-    assert list(dataset.features) == ["text", "aspect", "start", "end", "label"]
+    assert list(dataset.features) == ["text", "aspect", "start", "end", "spans", "label"]
+    assert [r["spans"] for r in dataset] == [[[r["start"], r["end"]]] for r in ROWS]  # one occurrence each
 
 
 def test_json_data_layout_and_json_lines_named_json(tmp_path):
@@ -370,6 +371,8 @@ def test_folder_source_with_xml_and_dev_files(tmp_path):
 def test_a_single_file_source_is_the_train_split(tmp_path):
     splits = load_absa_splits(str(write_jsonl(tmp_path / "mine.jsonl", make_rows())), validation_fraction=0.5)
     assert set(splits) == {"train", "validation"} and len(splits["train"]) == len(splits["validation"]) == 30
+    splits = load_absa_splits(str(tmp_path / "mine.jsonl"), validation_fraction=0.75)  # all but one of 4 folds
+    assert len(splits["train"]) == 15 and len(splits["validation"]) == 45
 
 
 # --------------------------------------------------------------------------- the real SemEval-2014 laptops
@@ -436,8 +439,8 @@ def assert_names(message: str, file: str, row: str | None, field: str | None):
 def test_missing_column_csv(tmp_path):
     path = write_csv(tmp_path / "train.csv", ROWS, fields=("text", "start", "end", "label"))
     message = error_of(path)
-    assert_names(message, "train.csv", "line 2", "aspect")
-    assert "missing or empty" in message
+    assert_names(message, "train.csv", "line 1 (header)", "aspect")
+    assert "no column 'aspect' (columns found: 'text', 'start', 'end', 'label')" in message
 
 
 @pytest.mark.parametrize("field", ["text", "aspect", "label"])
@@ -482,9 +485,11 @@ def test_offsets_that_are_not_numbers(tmp_path):
     rows = [ROWS[0], {**ROWS[1], "start": "x", "end": 39}, ROWS[2]]
     message = error_of(write_csv(tmp_path / "train.csv", rows))
     assert_names(message, "train.csv", "line 3", "start")
-    assert "whole numbers" in message
+    assert "must be a whole number, got 'x'" in message
     rows = [ROWS[0], {**ROWS[1], "start": 32, "end": None}]  # one offset given, the other not
-    assert_names(error_of(write_jsonl(tmp_path / "one.jsonl", rows)), "one.jsonl", "line 2", "start")
+    message = error_of(write_jsonl(tmp_path / "one.jsonl", rows))
+    assert_names(message, "one.jsonl", "line 2", "end")
+    assert "give both start and end, or neither" in message
 
 
 @pytest.mark.parametrize("name", ["train.jsonl", "train.json", "train.csv", "train.tsv", "train.parquet", "train.xml",
@@ -594,10 +599,7 @@ def test_t_format_record_without_placeholder(tmp_path):
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     message = error_of(path)
     assert_names(message, "train.seg", "line 4", "text")
-    assert "$T$" in message
-    lines[3] = "$T$ and $T$"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    assert_names(error_of(path), "train.seg", "line 4", "text")
+    assert "no '$T$'" in message
 
 
 def test_t_format_record_cut_short(tmp_path):
@@ -644,3 +646,94 @@ def test_data_error_attributes():
     assert str(error) == "data/train.csv, line 7, field 'label': unknown label 'x'"
     assert str(DataError("train.json", "bad", row=3)) == "train.json, row 3: bad"
     assert isinstance(error, ValueError)
+
+
+# --------------------------------------------------------------------------- a target named several times
+
+
+def test_t_format_with_the_target_twice_gives_every_span(tmp_path):
+    path = tmp_path / "train.seg"
+    path.write_text("$T$ has brought back the female rapper . - really ? $T$ is back\nlady gaga\n1\n"
+                    "i like $T$\nthe new phone\n0\n"
+                    "$T$ $T$ $T$\nsam\n-1\n", encoding="utf-8")
+    rows = load_all(path)
+    text = "lady gaga has brought back the female rapper . - really ? lady gaga is back"
+    second = text.index("lady gaga", 1)
+    assert rows[0]["text"] == text and (rows[0]["start"], rows[0]["end"]) == (0, 9)
+    assert rows[0]["spans"] == [[0, 9], [second, second + 9]]
+    assert rows[1]["spans"] == [[7, 20]] and rows[1]["text"] == "i like the new phone"
+    assert rows[2]["text"] == "sam sam sam" and rows[2]["spans"] == [[0, 3], [4, 7], [8, 11]]
+    assert all(r["text"][a:b] == r["aspect"] for r in rows for a, b in r["spans"])
+
+
+def test_spans_given_in_jsonl_are_checked(tmp_path):
+    row = {"text": TEXT_TWICE, "aspect": "battery", "label": "neutral"}
+    rows = load_all(write_jsonl(tmp_path / "train.jsonl", [{**row, "spans": [[27, 34], [4, 11]]}]))
+    assert rows[0]["spans"] == [[4, 11], [27, 34]] and (rows[0]["start"], rows[0]["end"]) == (4, 11)
+    message = error_of(write_jsonl(tmp_path / "wrong.jsonl", [{**row, "spans": [[4, 11], [5, 12]]}]))
+    assert_names(message, "wrong.jsonl", "line 1", "start")
+    assert "5:12 give 'attery '" in message
+    message = error_of(write_jsonl(tmp_path / "shape.jsonl", [{**row, "spans": [4, 11]}]))
+    assert_names(message, "shape.jsonl", "line 1", "spans")
+    assert "list of [start, end] pairs" in message
+
+
+# --------------------------------------------------------------------------- validation by sentence
+
+
+def sentences_with_aspects(count: int) -> list[dict]:
+    """`count` sentences with 1-3 aspects each, labels mixed within a sentence."""
+    rows = []
+    for i in range(count):
+        aspects = ["screen", "battery", "keyboard"][:1 + i % 3]
+        text = f"Laptop {i}: " + ", ".join(f"the {a} is so-so" for a in aspects) + "."
+        for k, aspect in enumerate(aspects):
+            start = text.index(aspect)
+            rows.append({"text": text, "aspect": aspect, "start": start, "end": start + len(aspect),
+                         "label": DEFAULT_LABELS[(i + k) % 3]})
+    return rows
+
+
+def test_validation_holds_out_whole_sentences(tmp_path):
+    rows = sentences_with_aspects(90)  # 180 rows
+    splits = load_absa_splits(None, train_file=str(write_jsonl(tmp_path / "train.jsonl", rows)), seed=3)
+    train, validation = splits["train"], splits["validation"]
+    assert not set(train["text"]) & set(validation["text"])
+    assert Counter(train["text"]) + Counter(validation["text"]) == Counter(r["text"] for r in rows)  # all aspects
+    assert abs(len(validation) - 18) <= 3
+    again = load_absa_splits(None, train_file=str(tmp_path / "train.jsonl"), seed=3)  # what use_absa.py evaluate gets
+    assert as_tuples(again["validation"]) == as_tuples(validation)
+    other = load_absa_splits(None, train_file=str(tmp_path / "train.jsonl"), seed=4)
+    assert set(other["validation"]["text"]) != set(validation["text"])
+
+
+def test_validation_from_very_few_sentences(tmp_path):
+    rows = sentences_with_aspects(3)  # 6 rows, 3 sentences: fewer texts than the 10 folds of fraction 0.1
+    splits = load_absa_splits(None, train_file=str(write_jsonl(tmp_path / "train.jsonl", rows)))
+    assert len(set(splits["validation"]["text"])) == 1 and len(set(splits["train"]["text"])) == 2
+    one = sentences_with_aspects(3)[3:]  # the three aspects of one sentence
+    message = error_of(write_jsonl(tmp_path / "one.jsonl", one))
+    assert "one.jsonl: cannot carve a validation split" in message and "a single text" in message
+
+
+def test_validation_for_sequence_classification_keeps_repeated_texts_together(tmp_path):
+    from absa.text_data import load_text_data
+
+    rows = [{"text": f"tweet {i % 40}", "label": ["a", "b", "c"][i % 3]} for i in range(200)]  # each text 5 times
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    data = load_text_data(train_file=str(train), seed=5)
+    assert not set(data.splits["train"]["text"]) & set(data.splits["validation"]["text"])
+    assert len(data.splits["validation"]) == 20 and len(data.splits["train"]) == 180
+
+
+@pytest.mark.skipif(not (LAPTOPS / "train.jsonl").is_file(), reason="../shared/data/semeval2014_laptops absent")
+def test_real_laptops_validation_shares_no_sentence_with_train():
+    splits = load_absa_splits(str(LAPTOPS))
+    train, validation = splits["train"], splits["validation"]
+    assert not set(validation["text"]) & set(train["text"])
+    assert abs(len(validation) - 233) <= 5  # 10 % of 2328 rows, in whole sentences
+    share = {name: count / len(train) for name, count in label_counts(train).items()}
+    for name, count in label_counts(validation).items():
+        assert abs(count / len(validation) - share[name]) < 0.02, (name, count)
+    again = load_absa_splits(str(LAPTOPS))  # use_absa.py evaluate --split validation makes this same call
+    assert as_tuples(again["validation"]) == as_tuples(validation)

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def readme_quick_start() -> list[list[str]]:
     """The python commands of the README's first command line, so this test follows the README as it changes."""
-    first = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("pip install"))
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")  # join the continued lines
+    first = next(line for line in text.splitlines() if line.startswith("pip install"))
     commands = [part.strip() for part in first.split("&&") if part.strip().startswith("python ")]
     return [re.findall(r'"[^"]*"|\S+', command) for command in commands]
 

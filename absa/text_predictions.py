@@ -1,0 +1,129 @@
+"""Predictions of a fine-tuned sequence-classification folder (finetune_seqcls.py's best_model), through
+`transformers.pipeline("text-classification")`: exactly what any user of the saved folder gets.
+
+The same record format serves the script's test predictions (`test_prediction_rows`) and pipeline predictions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import transformers
+from transformers import AutoConfig
+
+from .model import resolve_model_path
+from .reports import write_atomically, write_jsonl
+from .text_data import LABELS, PROBLEM_TYPES, TEXT, TEXT_PAIR, TextData, read_inputs
+
+
+def format_prediction(task: str, label_names, scores, threshold: float) -> dict:
+    """The same record for the script's test predictions and for pipeline predictions.
+
+    `scores` are probabilities per label (softmax for single-label, sigmoid for multi-label) or the raw score.
+    """
+    scores = [float(s) for s in np.atleast_1d(scores)]
+    if task == "regression":
+        return {"prediction": scores[0]}
+    by_label = dict(zip(label_names, scores))
+    if task == "multi_label":
+        return {"prediction": [name for name, p in by_label.items() if p >= threshold], "scores": by_label}
+    best = int(np.argmax(scores))
+    return {"prediction": label_names[best], "score": scores[best], "scores": by_label}
+
+
+def labelled_prediction_rows(data: TextData, split, logits: np.ndarray, threshold: float) -> list[dict]:
+    """One row per example of `split` (its text, gold label and prediction); `logits` in the same order."""
+    if len(split) != len(logits):
+        raise RuntimeError(f"{len(logits)} predictions for {len(split)} test rows")
+    logits_t = torch.as_tensor(logits, dtype=torch.float32)
+    scores = {"single_label": lambda: torch.softmax(logits_t, -1), "multi_label": lambda: torch.sigmoid(logits_t),
+              "regression": lambda: logits_t}[data.task]().numpy()
+    rows = []
+    for record, row_scores in zip(split, scores):
+        gold = record[LABELS]
+        if data.task == "single_label":
+            gold = data.label_names[gold]
+        elif data.task == "multi_label":
+            gold = [name for name, value in zip(data.label_names, gold) if value]
+        texts = {TEXT: record[TEXT], **({TEXT_PAIR: record[TEXT_PAIR]} if data.is_pair else {})}
+        rows.append({"row": record["row"], **texts, "label": gold,
+                     **format_prediction(data.task, data.label_names, row_scores, threshold)})
+    return rows
+
+
+def prediction_inputs(settings, text_columns) -> list[tuple[str, list[str]]]:
+    """(row label, [text] or [text, text_pair]) from --predict_file and --text / --text_pair, checked."""
+    inputs = []
+    if settings.predict_file:
+        _, rows = read_inputs(settings.predict_file, settings.text_columns or text_columns)
+        inputs += rows
+    if settings.text_pair and len(settings.text_pair) != len(settings.text):
+        raise SystemExit(f"--text_pair: {len(settings.text_pair)} given for {len(settings.text)} --text")
+    if settings.text and text_columns and len(text_columns) == 2 and not settings.text_pair:
+        raise SystemExit("this model reads sentence pairs: give a --text_pair for each --text")
+    if settings.text_pair and text_columns and len(text_columns) == 1:
+        raise SystemExit("this model reads single texts: --text_pair has no place to go")
+    for i, text in enumerate(settings.text):
+        inputs.append((f"--text {i + 1}", [text, settings.text_pair[i]] if settings.text_pair else [text]))
+    return inputs
+
+
+def pipeline_predictions(model_dir, inputs, device=None, batch_size: int = 32) -> list[dict]:
+    """Predict through `transformers.pipeline("text-classification")`: what a user of the saved folder gets."""
+    classifier = transformers.pipeline("text-classification", model=str(model_dir), device=device)
+    config = classifier.model.config
+    task = {problem: task for task, problem in PROBLEM_TYPES.items()}.get(config.problem_type)
+    if task is None:
+        raise SystemExit(f"{model_dir}: not a fine-tuned sequence-classification folder (config.json has "
+                         f"problem_type {config.problem_type!r}); give the best_model folder of a training run")
+    label_names = [config.id2label[i] for i in range(config.num_labels)]
+    queries = [texts[0] if len(texts) == 1 else {"text": texts[0], "text_pair": texts[1]} for _, texts in inputs]
+    # top_k=None: every label's score, with the pipeline's own softmax / sigmoid / none chosen by problem_type.
+    outputs = classifier(queries, top_k=None, batch_size=batch_size, truncation=True)
+    threshold = getattr(config, "multi_label_threshold", 0.5)
+    records = []
+    for (row, texts), output in zip(inputs, outputs):
+        scores = {item["label"]: item["score"] for item in output}
+        records.append({"row": row, TEXT: texts[0], **({TEXT_PAIR: texts[1]} if len(texts) == 2 else {}),
+                        **format_prediction(task, label_names, [scores[name] for name in label_names], threshold)})
+    return records
+
+
+def write_predictions(settings, model_dir, inputs, device=None) -> list[dict]:
+    records = pipeline_predictions(model_dir, inputs, device, settings.eval_batch_size)
+    from_file = [r for r in records if not r["row"].startswith("--text")]
+    path = settings.predictions_file or (Path(settings.output_dir) / "predictions.jsonl" if from_file else None)
+    if path is None:
+        for record in records:
+            print(json.dumps(record, ensure_ascii=False))
+        return records
+    path = Path(path)
+    if path.suffix.lower() == ".csv":  # flat: one score column per label, multi-label predictions joined by ';'
+        flat = [{**{k: (";".join(v) if isinstance(v, list) else v) for k, v in r.items() if k != "scores"},
+                 **{f"score_{name}": p for name, p in r.get("scores", {}).items()}} for r in records]
+        write_atomically(path, pd.DataFrame(flat).to_csv(index=False))
+    else:
+        write_jsonl(path, records)
+    for record in records[len(from_file):] if not settings.predictions_file else []:
+        print(json.dumps(record, ensure_ascii=False))
+    print(f"{len(records)} predictions in {path}")
+    return records
+
+
+def predict_only(settings) -> list[dict]:
+    """--do_train false: run a fine-tuned folder on --predict_file / --text; no data, no training."""
+    model_dir = resolve_model_path(settings.model_name_or_path)
+    if not (Path(model_dir) / "config.json").is_file():
+        raise SystemExit(f"--do_train false needs a fine-tuned model folder as --model_name_or_path (e.g. "
+                         f"runs/seqcls/best_model); {settings.model_name_or_path} is not one")
+    config = AutoConfig.from_pretrained(model_dir)
+    inputs = prediction_inputs(settings, getattr(config, "text_columns", None) or [])
+    if not inputs:
+        raise SystemExit("--do_train false: nothing to do; give --predict_file FILE and / or --text TEXT")
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    return write_predictions(settings, model_dir, inputs, "cuda" if torch.cuda.is_available() else "cpu")
