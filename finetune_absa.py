@@ -24,7 +24,7 @@ import transformers
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from absa.aspects import AspectCollator, encode_absa_splits
+from absa.aspects import INPUT_FORMATS, AspectCollator, encode_absa_splits
 from absa.batches import make_dataloaders
 from absa.data import DEFAULT_LABELS, load_absa_splits
 from absa.files import DataError
@@ -49,6 +49,10 @@ class Settings(TrainingSettings):
     test_file: str | None = None
     label_names: list[str] = field(default_factory=lambda: list(DEFAULT_LABELS), metadata={"help": "Class "
                                    "names in label-id order, e.g. against neither 'in favor' for stance."})
+    input_format: str = field(default="td_bert", metadata={"choices": INPUT_FORMATS, "help": "What the encoder is "
+                              "shown: td_bert, the sentence alone (the seed's model; a sentence's aspects share one "
+                              "encoder pass); aspect_markers, the sentence with the aspect bracketed; sentence_pair, "
+                              "the sentence and the aspect as a second segment. Recorded in the saved model."})
     pooling: str = field(default="max", metadata={"choices": POOLINGS, "help": "How the aspect's token states "
                                                                                  "are pooled."})
     metric_for_best_model: str = field(default="loss", metadata={"choices": METRICS})
@@ -92,7 +96,7 @@ def main(settings: Settings) -> dict:
                               seed=settings.seed, select_on_test=settings.select_on_test)
     test_split = "test" if "test" in splits else "validation"
     tokenizer = load_tokenizer(settings.model_name_or_path)
-    features = encode_absa_splits(splits, tokenizer, settings.max_length)
+    features = encode_absa_splits(splits, tokenizer, settings.max_length, settings.input_format)
     # The aspects of one sentence share a batch, and the collator encodes that sentence once.
     loaders = make_dataloaders(features, AspectCollator(tokenizer, settings.pad_to_multiple_of), settings,
                                keep_identical_inputs_together=True)
@@ -101,7 +105,7 @@ def main(settings: Settings) -> dict:
 
     # Model, optimizer (no weight decay on biases and LayerNorm weights) and schedule.
     model = AbsaClassifier.from_encoder(settings.model_name_or_path, settings.label_names, settings.pooling,
-                                        max_length=settings.max_length)
+                                        max_length=settings.max_length, input_format=settings.input_format)
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if settings.freeze_word_embeddings:

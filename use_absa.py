@@ -227,12 +227,14 @@ def check_output(path: Path, overwrite: bool, types=None) -> Path:
     return path
 
 
-def load_tokenizer_of(args) -> tuple[object, int]:
-    """The model folder's tokenizer (the weights load later) and max_length: --max_length, else the length the model
-    was trained with, so that long texts are cut where training cut them."""
-    trained = read_absa_config(args.model).get("absa_max_length")  # first: says so if it is no ABSA model folder
+def load_tokenizer_of(args) -> tuple[object, int, str]:
+    """The model folder's tokenizer (the weights load later), max_length and input format. max_length: --max_length,
+    else the length the model was trained with, so that long texts are cut where training cut them; the input format
+    is the one it was trained on (absa.aspects.INPUT_FORMATS)."""
+    config = read_absa_config(args.model)  # first: says so if it is no ABSA model folder
     tokenizer = load_tokenizer(args.model)
-    return tokenizer, args.max_length or default_max_length(tokenizer, trained)
+    return (tokenizer, args.max_length or default_max_length(tokenizer, config.get("absa_max_length")),
+            config.get("absa_input_format", "td_bert"))
 
 
 def compute_dtype(args, accelerator: Accelerator) -> torch.dtype:
@@ -255,10 +257,10 @@ def dtype_name(dtype) -> str:
     return "bf16" if dtype == torch.bfloat16 else "fp32"
 
 
-def chunk_logits(accelerator: Accelerator, model, tokenizer, spans, max_length: int, batch_size: int, dtype,
-                 progress=None) -> np.ndarray:
+def chunk_logits(accelerator: Accelerator, model, tokenizer, spans, max_length: int, input_format: str,
+                 batch_size: int, dtype, progress=None) -> np.ndarray:
     """Logits of these spans on this process, in input order: batches sorted by length and padded per batch."""
-    features = encode_spans(tokenizer, spans, max_length)
+    features = encode_spans(tokenizer, spans, max_length, input_format=input_format)
     logits, positions = [], []
     # no_grad, not inference_mode: a model prepared by accelerate may be sharded, and FSDP2 fails under the latter.
     with torch.no_grad(), autocast(accelerator.device, dtype):
@@ -282,10 +284,11 @@ def evaluate(args, accelerator: Accelerator) -> dict:
 
     # Data first, so that a problem in it shows before a large model loads; label ids in the model's order.
     rows, where = read_split(args, read_label_names(args.model))
-    tokenizer, max_length = load_tokenizer_of(args)
+    tokenizer, max_length, input_format = load_tokenizer_of(args)
     spans = [AspectSpan(row["text"], row["start"], row["end"], spans=tuple(map(tuple, row["spans"])))
              for row in rows]  # offsets checked by absa.data
-    features = encode_spans(tokenizer, spans, max_length, labels=[row["label"] for row in rows], source=where)
+    features = encode_spans(tokenizer, spans, max_length, labels=[row["label"] for row in rows], source=where,
+                            input_format=input_format)
     dtype = compute_dtype(args, accelerator)
 
     model, label_names = load_model(args, accelerator)
@@ -377,8 +380,8 @@ def predict_file(args, accelerator: Accelerator) -> None:
     decided_by_main(accelerator, lambda: check_file_output(args, output, partial))
 
     # Data: every row checked before the model loads (each process checks some of the chunks).
-    tokenizer, max_length = load_tokenizer_of(args)
-    survey = survey_input(args, accelerator, tokenizer, max_length, parquet=partial.suffix == ".parquet")
+    tokenizer, max_length, input_format = load_tokenizer_of(args)
+    survey = survey_input(args, accelerator, tokenizer, max_length, input_format, parquet=partial.suffix == ".parquet")
     if survey["ambiguous"] and accelerator.is_main_process:
         print(f"note: {args.input}: in {survey['ambiguous']} row(s) (first: {survey['first_ambiguous']}) the aspect "
               "occurs more than once; the first occurrence was used (add start/end or an `occurrence` column, or "
@@ -386,7 +389,7 @@ def predict_file(args, accelerator: Accelerator) -> None:
 
     # What is left to do: every chunk, or with --resume those the interrupted run did not finish.
     dtype = compute_dtype(args, accelerator)
-    todo = decided_by_main(accelerator, lambda: chunks_to_do(args, partial, describe_run(args, max_length, dtype,
+    todo = decided_by_main(accelerator, lambda: chunks_to_do(args, partial, describe_run(args, max_length, input_format, dtype,
                                                                                           survey)))
 
     model, label_names = load_model(args, accelerator)
@@ -408,7 +411,8 @@ def predict_file(args, accelerator: Accelerator) -> None:
         if accelerator.process_index < len(chunks):
             index, chunk = chunks[accelerator.process_index]
             spans = spans_of_chunk(chunk, args.input)
-            probabilities = softmax(chunk_logits(accelerator, model, tokenizer, spans, max_length, args.batch_size,
+            probabilities = softmax(chunk_logits(accelerator, model, tokenizer, spans, max_length, input_format,
+                                                 args.batch_size,
                                                  dtype, progress))
             results = [prediction_row(row, span, label_names, p)
                        for (_, row), span, p in zip(chunk, spans, probabilities)]
@@ -444,7 +448,8 @@ def check_file_output(args, output: Path, partial: PartialOutput) -> None:
                          "or start again with --overwrite")
 
 
-def survey_input(args, accelerator: Accelerator, tokenizer, max_length: int, parquet: bool) -> dict:
+def survey_input(args, accelerator: Accelerator, tokenizer, max_length: int, input_format: str,
+                 parquet: bool) -> dict:
     """Every row placed in its text and its aspect checked against the tokenizer (chunk i by process i mod N); one
     verdict for all.
 
@@ -458,7 +463,7 @@ def survey_input(args, accelerator: Accelerator, tokenizer, max_length: int, par
             if index % accelerator.num_processes == accelerator.process_index:
                 labels = [label for label, _ in chunk]
                 spans = spans_of_chunk(chunk, args.input)
-                check_tokens(tokenizer, spans, labels, max_length, args.input)
+                check_tokens(tokenizer, spans, labels, max_length, input_format, args.input)
                 mine["columns"][index] = list(dict.fromkeys(key for _, row in chunk for key in row))
                 ambiguous = [label for label, span in zip(labels, spans) if span.ambiguous]
                 if ambiguous:
@@ -497,30 +502,32 @@ def spans_of_chunk(chunk, file) -> list[AspectSpan]:
     return spans
 
 
-def check_tokens(tokenizer, spans, labels, max_length: int, file) -> None:
+def check_tokens(tokenizer, spans, labels, max_length: int, input_format: str, file) -> None:
     """An aspect that maps to no token, or that alone does not fit max_length, is a DataError naming its row.
 
     Tokenizing every text twice would cost what the model costs on a GPU. But a letter or digit always ends up in a
     token (normalizers drop only spaces, control and format characters and accents), and no span needs more tokens
     than its UTF-8 bytes: only the other aspects are tokenized in their text, as prediction will.
     """
-    budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    # A sentence pair shows the aspect twice; markers add a token on each side.
+    budget = ((max_length - tokenizer.num_special_tokens_to_add(pair=True)) // 2 if input_format == "sentence_pair"
+              else max_length - tokenizer.num_special_tokens_to_add(pair=False) - 2 * (input_format != "td_bert"))
     doubtful = [i for i, span in enumerate(spans) if not any(character.isalnum() for character in span.aspect)
                 or len(span.aspect.encode("utf-8")) + 2 > budget]
     try:
-        encode_spans(tokenizer, [spans[i] for i in doubtful], max_length)
+        encode_spans(tokenizer, [spans[i] for i in doubtful], max_length, input_format=input_format)
     except DataError as error:  # encode_spans counts its spans from 1: name the file's own row instead
         raise DataError(file, error.problem, row=labels[doubtful[error.row - 1]], field=error.field) from None
 
 
-def describe_run(args, max_length: int, dtype, survey: dict) -> dict:
+def describe_run(args, max_length: int, input_format: str, dtype, survey: dict) -> dict:
     """What the output's bytes depend on: a resumed run must match the interrupted one in all of it (the number of
     processes may differ)."""
     source, weights = Path(args.input).resolve(), Path(args.model).resolve() / WEIGHTS_NAME
     return {"input": str(source), "input_bytes": source.stat().st_size, "input_modified_ns": source.stat().st_mtime_ns,
             "model": str(weights.parent), "model_modified_ns": weights.stat().st_mtime_ns,
             "chunk_size": args.chunk_size, "batch_size": args.batch_size, "max_length": max_length,
-            "dtype": dtype_name(dtype), "rows": survey["rows"], "chunks": survey["chunks"]}
+            "input_format": input_format, "dtype": dtype_name(dtype), "rows": survey["rows"], "chunks": survey["chunks"]}
 
 
 def chunks_to_do(args, partial: PartialOutput, run: dict) -> list[int]:
@@ -602,14 +609,14 @@ def predict_command_line(args, accelerator: Accelerator) -> None:
 def predict_texts(args, accelerator: Accelerator) -> None:
     output = check_output(Path(args.output), args.overwrite, OUTPUT_TYPES) if args.output else None
     spans = spans_of_command_line(args.text, args.aspect, args.occurrence)
-    tokenizer, max_length = load_tokenizer_of(args)
-
+    tokenizer, max_length, input_format = load_tokenizer_of(args)
     dtype = compute_dtype(args, accelerator)
 
     started = time.perf_counter()
     model, names = load_model(args, accelerator)
     loaded = time.perf_counter()
-    probabilities = softmax(chunk_logits(accelerator, model, tokenizer, spans, max_length, args.batch_size, dtype))
+    probabilities = softmax(chunk_logits(accelerator, model, tokenizer, spans, max_length, input_format,
+                                         args.batch_size, dtype))
     seconds = time.perf_counter() - loaded
 
     results = []  # printed, and written with --output

@@ -25,26 +25,63 @@ def require_fast_tokenizer(tokenizer, name: str = "") -> None:
                          "(install `sentencepiece` and `protobuf` so transformers can build tokenizer.json).")
 
 
-def encode_aspect_batch(batch: dict, indices: list[int], tokenizer, max_length: int, split: str = "data") -> dict:
-    """`datasets.map(batched=True, with_indices=True)` function: input_ids, attention_mask, aspect_mask, labels.
+# What the encoder is shown (recorded in a saved model's config as `absa_input_format`):
+#   td_bert         the sentence alone (Gao et al. 2019, the seed's model); its aspects share one encoder pass.
+#   aspect_markers  the sentence with the aspect bracketed, "The [ battery ] lasts": the encoder knows which aspect.
+#   sentence_pair   the sentence, then the aspect as the second segment (BERT-SPC style, "sentence [SEP] aspect").
+# Every format pools the aspect's tokens in the sentence.
+INPUT_FORMATS = ("td_bert", "aspect_markers", "sentence_pair")
+MARKER_OPEN, MARKER_CLOSE = "[ ", " ]"  # punctuation every tokenizer has: no new, untrained embeddings
 
-    The aspect is at every [start, end] of the batch's `spans` column, or at start:end when it has none. Errors
-    name the split and the 1-based row within it.
+
+def format_input(text: str, spans, input_format: str = "td_bert"):
+    """(text, spans in it, second segment or None) as the encoder is shown them."""
+    if input_format == "td_bert":
+        return text, spans, None
+    if input_format == "sentence_pair":
+        start, end = spans[0]
+        return text, spans, text[start:end]
+    if input_format != "aspect_markers":
+        raise ValueError(f"input_format must be one of {INPUT_FORMATS}, got {input_format!r}")
+    pieces, moved, position = [], [], 0
+    for start, end in sorted(spans):
+        pieces += [text[position:start], MARKER_OPEN]
+        shift = sum(map(len, pieces)) - start
+        moved.append((start + shift, end + shift))
+        pieces += [text[start:end], MARKER_CLOSE]
+        position = end
+    pieces.append(text[position:])
+    return "".join(pieces), moved, None
+
+
+def encode_aspect_batch(batch: dict, indices: list[int], tokenizer, max_length: int, split: str = "data",
+                        input_format: str = "td_bert") -> dict:
+    """`datasets.map(batched=True, with_indices=True)` function: input_ids, attention_mask, aspect_mask, labels
+    (and token_type_ids for sentence pairs, where the tokenizer uses them).
+
+    The aspect is at every [start, end] of the batch's `spans` column, or at start:end when it has none; the input
+    is built as `input_format` says (INPUT_FORMATS). Errors name the split and the 1-based row within it.
     """
     require_fast_tokenizer(tokenizer)
-    encoded = tokenizer(batch["text"], truncation=False)
     all_spans = batch["spans"] if "spans" in batch else [[(s, e)] for s, e in zip(batch["start"], batch["end"])]
-    columns = {"input_ids": [], "attention_mask": [], "aspect_mask": []}
-    for i, (text, spans) in enumerate(zip(batch["text"], all_spans)):
+    shown = [format_input(text, spans, input_format) for text, spans in zip(batch["text"], all_spans)]
+    pairs = [pair for _, _, pair in shown] if input_format == "sentence_pair" else None
+    encoded = tokenizer([text for text, _, _ in shown], pairs, truncation=False)
+    types = input_format == "sentence_pair" and "token_type_ids" in tokenizer.model_input_names
+    columns = {"input_ids": [], "attention_mask": [], "aspect_mask": [], **({"token_type_ids": []} if types else {})}
+    for i, (text, spans, pair) in enumerate(shown):
         encoding = encoded[i]
         if len(encoding.ids) > max_length:
-            text, spans = window_around_aspect(tokenizer, text, spans, max_length, split, indices[i] + 1)
-            encoding = tokenizer(text, truncation=False)[0]
+            reserved = len(encoding.ids) - len(tokenizer(text, add_special_tokens=False)["input_ids"]) \
+                - tokenizer.num_special_tokens_to_add(pair=False)  # the second segment and its special tokens
+            text, spans = window_around_aspect(tokenizer, text, spans, max_length - reserved, split, indices[i] + 1)
+            encoding = tokenizer(text, pair, truncation=False)[0]
         mask = [0] * len(encoding.ids)
         for start, end in spans:
             # Offsets, not char_to_token: that returns one token per character, and SentencePiece / byte-level
             # tokenizers give several tokens the same characters ("▁" + "[UNK]", byte pieces of one character).
-            tokens = [t for t, (a, b) in enumerate(encoding.offsets) if a < b and a < end and b > start]
+            tokens = [t for t, (a, b) in enumerate(encoding.offsets)
+                      if a < b and a < end and b > start and encoding.sequence_ids[t] == 0]
             if not tokens:
                 raise DataError(split, f"the aspect {text[start:end]!r} maps to no token", row=indices[i] + 1,
                                 field="aspect")
@@ -53,6 +90,8 @@ def encode_aspect_batch(batch: dict, indices: list[int], tokenizer, max_length: 
         columns["input_ids"].append(encoding.ids)
         columns["attention_mask"].append(encoding.attention_mask)
         columns["aspect_mask"].append(mask)
+        if types:
+            columns["token_type_ids"].append(encoding.type_ids)
     if "label" in batch:
         columns["labels"] = batch["label"]
     return columns
@@ -123,11 +162,12 @@ class AspectCollator:
         return batch
 
 
-def encode_absa_splits(splits, tokenizer, max_length: int):
+def encode_absa_splits(splits, tokenizer, max_length: int, input_format: str = "td_bert"):
     """Every split of a `DatasetDict` (or one `Dataset`) tokenized with aspect masks; the text columns dropped."""
     def encode(dataset, split):
         return dataset.map(encode_aspect_batch, batched=True, with_indices=True, remove_columns=dataset.column_names,
-                           fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "split": split},
+                           fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "split": split,
+                                      "input_format": input_format},
                            desc=f"tokenizing {split}")
     if hasattr(splits, "keys"):
         return type(splits)({split: encode(dataset, split) for split, dataset in splits.items()})

@@ -101,6 +101,25 @@ def check_distributed_setup(accelerator) -> None:
         )
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc to serve large blocks from its heap and keep them when freed (CPU training, Linux).
+
+    Every step frees and allocates again blocks of tens of MB (the word-embedding gradient is 47 MB for MiniLM);
+    glibc hands blocks over 32 MB out as fresh mmap pages that fault in on every step. Measured on a 2-core Xeon
+    with AMX: 1.25x faster bf16 training of MiniLM (bench/README.md). False where this is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only (musl and macOS have other allocators)
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+
+
 def bf16_is_native(device) -> bool:
     """Whether `device` computes bf16 natively: CUDA GPUs with bf16, CPUs with AVX512-BF16 or AMX-BF16 (elsewhere
     bf16 is emulated and slower than fp32)."""

@@ -87,4 +87,5 @@ def is_better(metric: str, new: float, best: float | None) -> bool:
 
 def scalar_metrics(metrics: dict) -> dict:
     """The numbers of a metrics dict (for logs, trackers and curves), without reports and matrices."""
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating, np.integer))}
+    return {k: int(v) if isinstance(v, (int, np.integer)) else float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float, np.floating, np.integer))}

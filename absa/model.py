@@ -90,11 +90,11 @@ class AbsaClassifier(nn.Module):
 
     @classmethod
     def from_encoder(cls, name_or_path: str, label_names, pooling: str = "max", dropout: float | None = None,
-                     max_length: int | None = None, **load_kwargs) -> "AbsaClassifier":
+                     max_length: int | None = None, input_format: str = "td_bert", **load_kwargs) -> "AbsaClassifier":
         """A new ABSA model around a pretrained encoder (Hub name, folder, or embedded short name).
 
-        `max_length` (the training length) is recorded in the config as `absa_max_length`, so that prediction
-        cuts long texts where training did.
+        `max_length` (the training length) and `input_format` (absa.aspects.INPUT_FORMATS) are recorded in the
+        config as `absa_max_length` and `absa_input_format`, so that prediction builds its inputs as training did.
         """
         path = resolve_model_path(name_or_path)
         id2label = dict(enumerate(label_names))
@@ -106,6 +106,7 @@ class AbsaClassifier(nn.Module):
         model = cls(encoder, pooling=pooling, dropout=dropout)
         if max_length:
             model.config.absa_max_length = int(max_length)  # the encoder's config: the one saved
+        model.config.absa_input_format = input_format
         nn.init.normal_(model.classifier.weight, std=getattr(config, "initializer_range", 0.02))
         nn.init.zeros_(model.classifier.bias)
         return model

@@ -218,9 +218,10 @@ def default_max_length(tokenizer, trained: int | None = None) -> int:
     return int(trained) if trained else int(limit) if limit and limit <= 100_000 else 512
 
 
-def encode_spans(tokenizer, spans: Sequence[AspectSpan], max_length: int, labels=None,
-                 source: str = "input") -> list[dict]:
-    """Collator features (input_ids, attention_mask, aspect_mask) for each span, with `labels` riding along.
+def encode_spans(tokenizer, spans: Sequence[AspectSpan], max_length: int, labels=None, source: str = "input",
+                 input_format: str = "td_bert") -> list[dict]:
+    """Collator features (input_ids, attention_mask, aspect_mask, token_type_ids for a sentence-pair format) for each
+    span, built as the model was trained (`input_format`), with `labels` riding along.
 
     `labels` defaults to the position of each span: the loops pop "labels" before the model sees a batch, so
     carrying the input position there tells which output belongs to which input, however the batches were sorted.
@@ -230,11 +231,11 @@ def encode_spans(tokenizer, spans: Sequence[AspectSpan], max_length: int, labels
         chunk = spans[first:first + 1024]
         columns = encode_aspect_batch({"text": [s.text for s in chunk], "start": [s.start for s in chunk],
                                        "end": [s.end for s in chunk],
-                                       "spans": [s.spans or ((s.start, s.end),) for s in chunk]}, list(range(first, first + len(chunk))),
-                                      tokenizer, max_length, split=source)
+                                       "spans": [s.spans or ((s.start, s.end),) for s in chunk]},
+                                      list(range(first, first + len(chunk))), tokenizer, max_length, split=source,
+                                      input_format=input_format)
         for i in range(len(chunk)):
-            features.append({"input_ids": columns["input_ids"][i], "attention_mask": columns["attention_mask"][i],
-                             "aspect_mask": columns["aspect_mask"][i],
+            features.append({**{key: values[i] for key, values in columns.items()},
                              "labels": first + i if labels is None else int(labels[first + i])})
     return features
 
@@ -331,6 +332,7 @@ class AbsaPredictor:
         self.dtype = resolve_dtype(dtype, self.device)
         self.max_length = max_length or default_max_length(tokenizer, getattr(model.config, "absa_max_length", None))
         self.label_names = label_names_of(model)
+        self.input_format = getattr(model.config, "absa_input_format", "td_bert")  # as it was trained
         self.collator = AspectCollator(tokenizer)
 
     @classmethod
@@ -375,8 +377,8 @@ class AbsaPredictor:
     def _logits(self, spans: list[AspectSpan]) -> np.ndarray:
         if not spans:
             return np.zeros((0, len(self.label_names)), dtype=np.float32)
-        loader = length_sorted_loader(encode_spans(self.tokenizer, spans, self.max_length), self.collator,
-                                      self.batch_size)
+        loader = length_sorted_loader(encode_spans(self.tokenizer, spans, self.max_length,
+                                                   input_format=self.input_format), self.collator, self.batch_size)
         all_logits, all_positions = [], []
         with autocast(self.device, self.dtype):
             for batch in loader:

@@ -23,7 +23,7 @@ from accelerate.utils import broadcast_object_list, parse_flag_from_env, set_see
 from safetensors.torch import load_file
 from transformers import HfArgumentParser
 
-from .launch import bf16_is_native, check_distributed_setup
+from .launch import bf16_is_native, check_distributed_setup, keep_freed_memory
 from .metrics import is_better, scalar_metrics
 from .reports import recover_folder, replace_folder, summarize_seeds, write_json, write_jsonl
 
@@ -145,6 +145,8 @@ def make_accelerator(settings: TrainingSettings) -> Accelerator:
                               gradient_accumulation_steps=settings.gradient_accumulation_steps,
                               project_dir=settings.output_dir)
     check_distributed_setup(accelerator)
+    if accelerator.device.type == "cpu":
+        keep_freed_memory()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         level=logging.INFO if accelerator.is_main_process else logging.WARNING, force=True)
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file is too much

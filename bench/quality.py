@@ -5,6 +5,7 @@
     python bench/quality.py product --seeds 42 1 2       # finetune_absa.py (defaults; selects on validation)
     python bench/quality.py product --seeds 42 1 2 -- --learning_rate 5e-5   # extra finetune_absa.py flags
     python bench/quality.py sweep --values 1e-5 3e-5 1e-4 --flag learning_rate   # choose on VALIDATION, seed 42
+    python bench/quality.py formats --seeds 42 1 2 3 4   # each --input_format on Laptop14 and MAMS, paired table
     python bench/quality.py table                         # mean and range of every group measured so far
 
 compare (the default): finetune_absa.py with its defaults and the learning rate chosen for small encoders on
@@ -43,6 +44,23 @@ RESULTS = benchlib.ROOT / "bench" / "results" / "quality.jsonl"
 
 
 COMPARE_FLAGS = ["--learning_rate", "5e-5"]  # chosen on validation loss for MiniLM (bench/README.md)
+DATASETS = {"laptop14": benchlib.DATASET,
+            "mams": str((benchlib.ROOT / ".." / "shared" / "data" / "mams_atsa").resolve())}
+# MAMS has 11186 train aspects (4.8x Laptop14) and its own validation split: fewer epochs reach its best.
+DATASET_FLAGS = {"laptop14": [], "mams": ["--num_epochs", "4", "--early_stopping_patience", "2"]}
+CONTRASTIVE = benchlib.ROOT / "data" / "contrastive" / "test.jsonl"
+# The README's example sentences (text, aspect, occurrence, the right answer).
+README_EXAMPLES = [
+    ("The battery lasts forever but the screen is dim.", "battery", None, "positive"),
+    ("The battery lasts forever but the screen is dim.", "screen", None, "negative"),
+    ("Great keyboard, awful trackpad.", "keyboard", None, "positive"),
+    ("Great keyboard, awful trackpad.", "trackpad", None, "negative"),
+    ("The battery lasts, the screen is dim", "battery", None, "positive"),
+    ("The battery lasts, the screen is dim", "screen", None, "negative"),
+    ("Good screen, but the screen hinge broke", "screen", 2, "negative"),
+    ("The battery life is great but the screen is dim.", "battery life", None, "positive"),
+    ("The battery life is great but the screen is dim.", "screen", None, "negative"),
+]
 
 
 def read_rows() -> list[dict]:
@@ -92,10 +110,10 @@ def run_seed_recipe(seed: int, epochs: float, output_dir: str, group: str, threa
             "selection": "best epoch on TEST by macro-F1 (as published)", "train_rows": len(features["train"])}
 
 
-def run_product(seed: int, extra: list[str], output_root: str, group: str) -> dict:
+def run_product(seed: int, extra: list[str], output_root: str, group: str, dataset: str = benchlib.DATASET) -> dict:
     output_dir = Path(output_root) / f"seed_{seed}"
     command = [sys.executable, "finetune_absa.py", "--model_name_or_path", benchlib.MODEL, "--dataset",
-               os.path.relpath(benchlib.DATASET, benchlib.ROOT), "--output_dir", str(output_dir), "--seed", str(seed),
+               os.path.relpath(dataset, benchlib.ROOT), "--output_dir", str(output_dir), "--seed", str(seed),
                "--overwrite_output_dir", *extra]
     print("$ python " + " ".join(command[1:]), flush=True)
     started = time.time()
@@ -107,10 +125,69 @@ def run_product(seed: int, extra: list[str], output_root: str, group: str) -> di
             "epochs": results["epochs_run"], "wall_seconds": results["wall_seconds"],
             "process_seconds": process_seconds, "train_samples_per_second": results["train_samples_per_second"],
             "best_validation": {k: results["best_validation"].get(k) for k in ("loss", "accuracy", "macro_f1")},
-            "mixed_precision": results["mixed_precision"], "selection": "validation loss (10 % carved from train)",
+            "mixed_precision": results["mixed_precision"], "output_dir": str(output_dir),
+            "selection": "validation loss (validation split of the data, else 10 % of train by sentence)",
             "command": "python " + " ".join(command[1:]),
             "history": [{k: row.get(k) for k in ("epoch", "loss", "accuracy", "macro_f1")}
                         for row in results["validation_history"]]}
+
+
+def run_format(seed: int, dataset: str, input_format: str, extra: list[str], output_root: str) -> dict:
+    """One product run with an input format, then its best model on the contrastive check set and on the README's
+    example sentences."""
+    group = f"formats {dataset} {input_format}"
+    flags = ["--input_format", input_format, *COMPARE_FLAGS, *DATASET_FLAGS[dataset], *extra]
+    row = run_product(seed, flags, f"{output_root}/formats_{dataset}_{input_format}", group, DATASETS[dataset])
+    model = benchlib.ROOT / row["output_dir"] / "best_model"
+    evaluation = benchlib.ROOT / row["output_dir"] / "contrastive"
+    subprocess.run([sys.executable, "use_absa.py", "evaluate", str(model), "--test_file", str(CONTRASTIVE),
+                    "--output_dir", str(evaluation), "--overwrite"], cwd=benchlib.ROOT, check=True,
+                   capture_output=True)
+    contrastive = json.loads((evaluation / "evaluation_test.json").read_text())
+    return {**row, "dataset": dataset, "input_format": input_format,
+            "contrastive_accuracy": contrastive["accuracy"], "contrastive_macro_f1": contrastive["macro_f1"],
+            "readme_examples": readme_examples(model)}
+
+
+def readme_examples(model_dir) -> dict:
+    """The README's example sentences: how many the model gets right, and what it says."""
+    from absa.predict import AbsaPredictor
+    predictor = AbsaPredictor.from_pretrained(model_dir, device="cpu")
+    said = []
+    for text, aspect, occurrence, expected in README_EXAMPLES:
+        prediction = predictor.predict([text], [aspect], occurrence=occurrence)[0]
+        said.append({"text": text, "aspect": aspect, "expected": expected, "predicted": prediction["label"],
+                     "probability": round(prediction["probabilities"][prediction["label"]], 3)})
+    return {"correct": sum(s["expected"] == s["predicted"] for s in said), "total": len(said), "predictions": said}
+
+
+def summarize_formats(rows: list[dict], seeds) -> None:
+    """Per dataset and format: mean ± sd and range over seeds, and the paired difference to TD-BERT (same seeds)."""
+    latest = {}
+    for row in rows:
+        if row["group"].startswith("formats ") and row["seed"] in seeds:
+            latest[row["dataset"], row["input_format"], row["seed"]] = row
+    for dataset in dict.fromkeys(key[0] for key in latest):
+        print(f"\n{dataset}: {'format':15} {'seeds':>5} {'test macro-F1':>20} {'test accuracy':>20} {'val loss':>14} "
+              f"{'contrastive acc':>16} {'README':>7} {'samples/s':>9}  paired macro-F1 - td_bert")
+        base = {seed: row for (d, f, seed), row in latest.items() if d == dataset and f == "td_bert"}
+        for input_format in dict.fromkeys(key[1] for key in latest if key[0] == dataset):
+            members = [row for (d, f, _), row in latest.items() if d == dataset and f == input_format]
+
+            def stat(values, scale=100.0, digits=1):
+                values = np.array(values) * scale
+                return (f"{values.mean():.{digits}f}±{values.std(ddof=1) if len(values) > 1 else 0:.{digits}f} "
+                        f"({values.min():.{digits}f}-{values.max():.{digits}f})")
+            paired = [row["test_macro_f1"] - base[row["seed"]]["test_macro_f1"] for row in members
+                      if row["seed"] in base]
+            shown = stat(paired) if paired and input_format != "td_bert" else "-"
+            readme = sum(r["readme_examples"]["correct"] for r in members) / len(members)
+            print(f"{'':10}{input_format:15} {len(members):>5} {stat([r['test_macro_f1'] for r in members]):>20} "
+                  f"{stat([r['test_accuracy'] for r in members]):>20} "
+                  f"{np.mean([r['best_validation']['loss'] for r in members]):>14.4f} "
+                  f"{100 * np.mean([r['contrastive_accuracy'] for r in members]):>16.1f} "
+                  f"{readme:>4.1f}/{members[0]['readme_examples']['total']} "
+                  f"{np.mean([r['train_samples_per_second'] for r in members]):>9.1f}  {shown}")
 
 
 def slug(text: str) -> str:
@@ -137,7 +214,12 @@ def summarize(rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", nargs="?", default="compare", choices=("compare", "seed", "product", "sweep", "table"))
+    parser.add_argument("mode", nargs="?", default="compare",
+                        choices=("compare", "seed", "product", "sweep", "formats", "table"))
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS),
+                        help="formats: the data sets")
+    parser.add_argument("--formats", nargs="+", default=["td_bert", "aspect_markers", "sentence_pair"],
+                        help="formats: the input formats (finetune_absa.py --input_format)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
     parser.add_argument("--epochs", type=float, default=8, help="seed recipe epochs (8 as published)")
     parser.add_argument("--max-steps", type=int, default=-1, help="seed: stop after N steps (smoke tests only)")
@@ -146,12 +228,17 @@ def main() -> None:
     parser.add_argument("--values", nargs="+", default=["1e-5", "3e-5", "1e-4"], help="sweep: its values")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--output-root", default="runs/quality")
+    parser.add_argument("--results", default=None, help="the JSONL file runs are appended to (default: "
+                        "bench/results/quality.jsonl)")
     parser.add_argument("--rerun-seed-recipe", action="store_true", help="compare: measure the seed recipe again")
     options, extra = parser.parse_known_args()
+    global RESULTS
+    RESULTS = Path(options.results) if options.results else RESULTS
     extra = [a for a in extra if a != "--"]
     command = benchlib.command_line()
     if options.mode == "table":
-        summarize(read_rows())
+        summarize([row for row in read_rows() if not row["group"].startswith("formats ")])
+        summarize_formats(read_rows(), options.seeds)
         return
     env = benchlib.environment()
     print(f"$ {command}\n{env['cpu']}, {env['cores']} cores; torch {env['torch']}, transformers "
@@ -188,6 +275,13 @@ def main() -> None:
             if row["group"] in (product_group, seed_group) and row["seed"] in options.seeds:
                 latest[row["group"], row["seed"]] = row
         summarize(sorted(latest.values(), key=lambda row: row["group"] != product_group))
+        print(f"\n$ {command}")
+    elif options.mode == "formats":  # every format, same seeds, on each data set; then the paired table
+        for dataset in options.datasets:
+            for input_format in options.formats:
+                for seed in options.seeds:
+                    record(run_format, seed, dataset, input_format, extra, options.output_root)
+        summarize_formats(read_rows(), options.seeds)
         print(f"\n$ {command}")
     elif options.mode == "seed":
         seed_recipes(options.seeds)

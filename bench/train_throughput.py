@@ -97,12 +97,17 @@ def _keep_gradient_buffers(script):
     script.torch.optim.AdamW = KeepBuffers
 
 
+def _mmap_for_large_blocks(script):
+    """Undo the product's keep_freed_memory (glibc's own allocator settings)."""
+    import absa.training
+    absa.training.keep_freed_memory = lambda: False
+
+
 PATCHES = {"one pass per aspect": _unshared_collator, "eager attention": _eager_attention,
-           "keep gradient buffers": _keep_gradient_buffers}
+           "keep gradient buffers": _keep_gradient_buffers, "glibc defaults": _mmap_for_large_blocks}
 # accelerate's own torch.compile (TorchDynamoPlugin from the environment): one compile per encoder layer class.
 REGIONAL_COMPILE = {"ACCELERATE_DYNAMO_BACKEND": "INDUCTOR", "ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION": "True",
                     "ACCELERATE_DYNAMO_USE_DYNAMIC": "True"}
-NO_MMAP = {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824"}
 
 PRODUCT = product()
 SETS = {
@@ -113,14 +118,20 @@ SETS = {
         "- shared sentence encoding": product(patches=["one pass per aspect"]),
         "- bf16 autocast (fp32)": product(mixed_precision="no"),
         "- fused AdamW (for-loop)": product(fused_adamw=False),
+        "- freed memory kept (glibc defaults)": product(patches=["glibc defaults"]),
+    },
+    "formats": {  # finetune_absa.py --input_format: only TD-BERT shares a sentence's encoder pass among its aspects
+        "td_bert (default)": PRODUCT,
+        "aspect_markers": product(input_format="aspect_markers"),
+        "sentence_pair": product(input_format="sentence_pair"),
     },
     "levers": {
         "product defaults": PRODUCT,
-        "fp32": product(mixed_precision="no"),
         "+ frozen word embeddings": product(freeze_word_embeddings=True),
+        "fp32": product(mixed_precision="no"),
+        "fp32 + frozen word embeddings": product(mixed_precision="no", freeze_word_embeddings=True),
         "+ regional torch.compile": product(env=REGIONAL_COMPILE),
         "+ gradients zeroed in place": product(patches=["keep gradient buffers"]),
-        "+ glibc malloc without mmap": product(env=NO_MMAP),
     },
 }
 
@@ -303,7 +314,7 @@ def parse_args():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", choices=sorted(SETS), default="contenders")
     parser.add_argument("--only", default=None, help="Comma-separated contender names of the set to run.")
-    parser.add_argument("--warmup-steps", type=int, default=10)
+    parser.add_argument("--warmup-steps", type=int, default=8)
     parser.add_argument("--steps-per-round", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))

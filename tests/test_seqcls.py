@@ -562,3 +562,23 @@ def test_two_processes_match_one(tiny_bert, tmp_path):
     assert len(read_jsonl(tmp_path / "two" / "test_predictions.jsonl")) == 19
     assert two["test"]["confusion_matrix"] == one["test"]["confusion_matrix"]
     assert two["test_loss"] == pytest.approx(one["test_loss"], rel=1e-4, abs=1e-5)
+
+
+def test_test_predictions_carry_their_own_row_with_repeated_texts(tiny_bert, tmp_path):
+    # Rows A, B, A' of equal length: evaluation sorted by length keeps them in order only if identical inputs are not
+    # grouped (ABSA groups them to share an encoder pass; sequence classification must not reorder them).
+    words = ["awful", "excellent"]
+    test_rows = [{"sentence": f"the {word} wine", "label": int(word == "excellent")}
+                 for word in [words[i % 2] for i in range(12)]]
+    write_table(tmp_path / "data" / "train.tsv", binary_rows(96, 1))
+    write_table(tmp_path / "data" / "test.tsv", test_rows)
+    out = tmp_path / "out"
+    run_script(["--model_name_or_path", tiny_bert, "--dataset", tmp_path / "data", "--output_dir", out,
+                "--label_names", "negative", "positive", *FAST])
+    rows = read_jsonl(out / "test_predictions.jsonl")
+    assert [row["text"] for row in rows] == [row["sentence"] for row in test_rows]
+    by_text = {}
+    for row in rows:  # identical texts, identical predictions: a row paired with another row's logits would differ
+        by_text.setdefault(row["text"], set()).add(tuple(round(row["scores"][n], 6) for n in ("negative", "positive")))
+    assert all(len(scores) == 1 for scores in by_text.values())
+    assert len({scores.pop() for scores in by_text.values()}) == 2  # the two texts get different scores
