@@ -105,6 +105,15 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 6, trials: 
     return best
 
 
+
+def matmul_peaks() -> dict:
+    """fp32 and bf16 matmul peaks. Where bf16 is emulated (no AVX512-BF16 / AMX) a 2048^3 bf16 product takes
+    seconds, so it gets a short measurement on smaller products: enough to show how far below fp32 it is."""
+    capabilities = getattr(torch.cpu, "get_capabilities", dict)()
+    native = capabilities.get("avx512_bf16") or capabilities.get("amx_bf16")
+    bf16 = matmul_peak(torch.bfloat16) if native else matmul_peak(torch.bfloat16, size=512, repeats=1, trials=2)
+    return {"fp32": matmul_peak(torch.float32), "bf16": bf16}
+
 def encoder_dimensions(model) -> dict:
     """Layers, hidden size and non-embedding parameter count (encoder layers + head, no embedding tables)."""
     config = model.config

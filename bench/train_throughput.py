@@ -353,7 +353,7 @@ def measure(options, workers: dict) -> None:
     print(f"{benchlib.cpu_line()}; {options.threads} threads; torch {env['torch']}, transformers "
           f"{env['transformers']}, accelerate {env['accelerate']}; {benchlib.load_line()}", flush=True)
 
-    peaks = {"fp32": benchlib.matmul_peak(torch.float32), "bf16": benchlib.matmul_peak(torch.bfloat16)}
+    peaks = benchlib.matmul_peaks()
     print(f"matmul peaks (2048^3, {options.threads} threads): fp32 {peaks['fp32']:.0f} GFLOP/s, "
           f"bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
 
@@ -410,7 +410,7 @@ def measure(options, workers: dict) -> None:
             raise SystemExit(f"{name}: {message.get('error')} (log: {worker['log']})")
         worker["info"] = message["info"]
         worker["process"].join(timeout=60)
-    peaks_after = {"fp32": benchlib.matmul_peak(torch.float32), "bf16": benchlib.matmul_peak(torch.bfloat16)}
+    peaks_after = benchlib.matmul_peaks()
     peaks = {key: max(peaks[key], peaks_after[key]) for key in peaks}
 
     # Headline numbers from the rounds in which no other process took more than --max-other-cores during any
