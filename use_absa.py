@@ -389,8 +389,8 @@ def predict_file(args, accelerator: Accelerator) -> None:
 
     # What is left to do: every chunk, or with --resume those the interrupted run did not finish.
     dtype = compute_dtype(args, accelerator)
-    todo = decided_by_main(accelerator, lambda: chunks_to_do(args, partial, describe_run(args, max_length, input_format, dtype,
-                                                                                          survey)))
+    todo = decided_by_main(accelerator, lambda: chunks_to_do(
+        args, partial, describe_run(args, max_length, input_format, dtype, survey)))
 
     model, label_names = load_model(args, accelerator)
     columns = output_columns(survey["columns"], label_names)
@@ -412,8 +412,7 @@ def predict_file(args, accelerator: Accelerator) -> None:
             index, chunk = chunks[accelerator.process_index]
             spans = spans_of_chunk(chunk, args.input)
             probabilities = softmax(chunk_logits(accelerator, model, tokenizer, spans, max_length, input_format,
-                                                 args.batch_size,
-                                                 dtype, progress))
+                                                 args.batch_size, dtype, progress))
             results = [prediction_row(row, span, label_names, p)
                        for (_, row), span, p in zip(chunk, spans, probabilities)]
             done.append((index, table_bytes(results, partial.suffix, columns, schema, header=index == 0),
