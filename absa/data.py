@@ -19,8 +19,8 @@ from pathlib import Path
 import datasets
 import pandas as pd
 
-from .files import (TABLE_SUFFIXES, DataError, carve_validation, find_split_files, is_missing, load_hub_dataset,
-                    read_rows, read_text, require_columns)
+from .files import (TABLE_SUFFIXES, DataError, LabelRule, Splits, carve_validation, find_split_files, is_missing,
+                    load_hub_dataset, read_rows, read_text, require_columns)
 
 logger = logging.getLogger(__name__)
 
@@ -34,13 +34,15 @@ FEATURES = {"text": datasets.Value("string"), "aspect": datasets.Value("string")
 def load_absa_splits(source: str | None = "yqzheng/semeval2014_laptops", *, train_file: str | None = None,
                      validation_file: str | None = None, test_file: str | None = None,
                      label_names=DEFAULT_LABELS, validation_fraction: float = 0.1, seed: int = 42,
-                     select_on_test: bool = False) -> datasets.DatasetDict:
+                     select_on_test: bool = False, numeric_labels: str = "auto") -> Splits:
     """Train / validation / test splits with `text, aspect, start, end, spans, label` (label an index into label_names).
 
     `source` is a Hub name or a local folder; explicit `*_file` arguments override what the folder holds. When
     the source has no validation split one is carved from train by sentence (every aspect of a sentence on the same
     side, stratified, seeded: `carve_validation`), so model selection never looks at test or at train's sentences.
-    `select_on_test=True` reproduces tutorials that selected the best epoch on the test split.
+    `select_on_test=True` reproduces tutorials that selected the best epoch on the test split. Labels are read by
+    one `LabelRule` for all splits (`numeric_labels`: what whole numbers mean). The result records how validation
+    was made and what the numbers meant (`Splits`), for the model to keep.
     """
     label_names = tuple(label_names)
     files = {split: path for split, path in
@@ -52,15 +54,19 @@ def load_absa_splits(source: str | None = "yqzheng/semeval2014_laptops", *, trai
     if files:
         if "train" not in files:
             raise DataError(next(iter(files.values())), "a train file is needed as well")
-        splits = {split: read_absa_file(path, label_names) for split, path in files.items()}
+        records = {split: (path, read_absa_records(path)) for split, path in files.items()}
     elif source:
-        splits = {split: _normalise_rows(((f"row {i + 1}", row) for i, row in enumerate(rows)),
-                                         f"{source} [{split}]", label_names)
-                  for split, rows in load_hub_dataset(source).items()}
+        records = {split: (f"{source} [{split}]", [(f"row {i + 1}", _label_as_name(row, rows.features))
+                                                   for i, row in enumerate(rows)])
+                   for split, rows in load_hub_dataset(source).items()}
     else:
         raise DataError("dataset", "no data source given (a Hub name, a folder, or --train_file)")
+    # One rule for every split: what a number means is read from the labels of all of them together.
+    rule = LabelRule.for_values(label_names, [record.get("label") for _, rows in records.values()
+                                              for _, record in rows], numeric_labels, source or files["train"])
+    splits = {split: _normalise_rows(rows, where, rule) for split, (where, rows) in records.items()}
 
-    features = datasets.Features({**FEATURES, "label": datasets.ClassLabel(names=list(label_names))})
+    features = datasets.Features({**FEATURES, "label": datasets.ClassLabel(names=list(rule.names))})
     result = datasets.DatasetDict({split: datasets.Dataset.from_list(rows, features=features)
                                    for split, rows in splits.items()})
     if select_on_test:
@@ -69,30 +75,49 @@ def load_absa_splits(source: str | None = "yqzheng/semeval2014_laptops", *, trai
         logger.warning("selecting the best epoch on the TEST split, as the seed tutorial did: "
                        "its test scores are optimistic")
         result["validation"] = result["test"]
-    return carve_validation(result, validation_fraction, seed, source=files.get("train", source))
+    result = carve_validation(result, validation_fraction, seed, source=files.get("train", source))
+    if select_on_test:
+        result.validation_split["made"] = "test"
+    result.numeric_labels = rule.numbers
+    return result
 
 
-def read_absa_file(path, label_names=DEFAULT_LABELS) -> list[dict]:
-    """Checked rows (text, aspect, start, end, spans, label index) of one file in any of the supported formats."""
+def _label_as_name(row: dict, features) -> dict:
+    """A Hub ClassLabel id as its name: ids count from 0 in the dataset's own order, which is not -1/0/1."""
+    label = features.get("label")
+    if isinstance(label, datasets.ClassLabel) and isinstance(row.get("label"), int) and row["label"] >= 0:
+        return {**row, "label": label.int2str(row["label"])}
+    return row
+
+
+def read_absa_file(path, label_names=DEFAULT_LABELS, numeric_labels: str = "auto") -> list[dict]:
+    """Checked rows (text, aspect, start, end, spans, label index) of one file in any of the supported formats;
+    what whole-number labels mean is read from this file's labels (`LabelRule`) unless `numeric_labels` says."""
+    records = read_absa_records(path)
+    rule = LabelRule.for_values(label_names, [record.get("label") for _, record in records], numeric_labels, path)
+    return _normalise_rows(records, path, rule)
+
+
+def read_absa_records(path) -> list[tuple]:
+    """(row label, raw record) pairs of one file in any of the supported formats, not yet checked."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in XML_SUFFIXES:
-        records = _read_semeval_xml(path)
-    elif suffix in T_FORMAT_SUFFIXES:
-        records = _read_t_format(path)
-    else:
-        records = read_rows(path)
-        if suffix in (".csv", ".tsv", ".parquet"):  # one header for all rows: name every missing column at once
-            header = None if suffix == ".parquet" else "line 1 (header)"
-            require_columns(records, path, ("text", "aspect", "label"), header)
-    return _normalise_rows(records, path, label_names)
+        return _read_semeval_xml(path)
+    if suffix in T_FORMAT_SUFFIXES:
+        return _read_t_format(path)
+    records = read_rows(path)
+    if suffix in (".csv", ".tsv", ".parquet"):  # one header for all rows: name every missing column at once
+        header = None if suffix == ".parquet" else "line 1 (header)"
+        require_columns(records, path, ("text", "aspect", "label"), header)
+    return records
 
 
-def _normalise_rows(records, file, label_names) -> list[dict]:
+def _normalise_rows(records, file, rule: LabelRule) -> list[dict]:
     """Check every row and return clean rows; `conflict` rows are dropped and counted."""
     rows, conflicts = [], 0
     for row_label, record in records:
-        row = _normalise_row(record, file, row_label, label_names)
+        row = _normalise_row(record, file, row_label, rule)
         if row is None:
             conflicts += 1
         else:
@@ -104,7 +129,7 @@ def _normalise_rows(records, file, label_names) -> list[dict]:
     return rows
 
 
-def _normalise_row(record: dict, file, row_label, label_names) -> dict | None:
+def _normalise_row(record: dict, file, row_label, rule: LabelRule) -> dict | None:
     for field in ("text", "aspect", "label"):
         value = record.get(field)
         if is_missing(value, text=field != "label"):
@@ -114,12 +139,12 @@ def _normalise_row(record: dict, file, row_label, label_names) -> dict | None:
             raise DataError(file, f"must be {'a string' if field != 'label' else 'one label'}, got "
                             f"{type(value).__name__} {value!r:.80}", row=row_label, field=field)
     text, aspect = record["text"], record["aspect"]
-    label = normalise_label(record["label"], label_names)
-    if label == "conflict":
+    label = rule.id(record["label"])
+    if label is None and str(record["label"]).strip().lower() == "conflict":
         return None
     if label is None:
-        raise DataError(file, f"unknown label {record['label']!r} (expected one of {', '.join(label_names)}"
-                        f"{' or -1 / 0 / 1' if len(label_names) == 3 else ''})", row=row_label, field="label")
+        raise DataError(file, f"unknown label {record['label']!r} (expected one of {rule.expected()})",
+                        row=row_label, field="label")
     given = record.get("spans")  # every occurrence: the `$T$` reader gives them (JSONL and Parquet may too)
     if not is_missing(given):
         try:
@@ -176,19 +201,6 @@ def find_occurrences(text: str, aspect: str, ignore_case: bool = True) -> list[t
         if found:
             return found
     return []
-
-
-def normalise_label(value, label_names) -> int | str | None:
-    """Index of `value` in label_names; -1 / 0 / 1 for three classes; "conflict"; or None when unknown."""
-    text = str(value).strip().lower()
-    names = [name.lower() for name in label_names]
-    if text in names:
-        return names.index(text)
-    if text == "conflict":
-        return "conflict"
-    if len(label_names) == 3 and text in ("-1", "0", "1", "-1.0", "0.0", "1.0"):
-        return int(float(text)) + 1
-    return None
 
 
 def _read_semeval_xml(path: Path):

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
 import io
 import json
 import logging
+import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -46,6 +49,120 @@ class DataError(ValueError):
             where += f", field '{field}'"
         super().__init__(f"{where}: {problem}".replace("\n", " "))  # one line, whatever a library's message holds
         self.file, self.row, self.field, self.problem = str(file), row, field, problem
+
+
+# -------------------------------------------------------------------------------------------- labels
+
+# The sentiment convention of SemEval-style data (the Hub copy of Laptop14, ABSA-PyTorch): -1 / 0 / 1.
+SENTIMENT_NUMBERS = {-1: "negative", 0: "neutral", 1: "positive"}
+NUMERIC_LABELS = ("auto", "sentiment", "ids")
+NUMERIC_LABELS_HELP = ("What whole-number labels mean. auto (default): read from the numbers: -1/0/1 are "
+                       "negative/neutral/positive (by name, wherever those names are among the labels), other "
+                       "numbers 0..K-1 are class ids in label-name order; numbers that could mean either (0/1 with "
+                       "negative neutral positive) are refused. sentiment / ids: say which. Recorded in the model.")
+
+
+def whole_number(value) -> int | None:
+    """3, "3", -1.0, "-1.0", numpy integers as an int; None for anything else (names, 0.5, true/false)."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() else None
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """The one rule from a raw label (a name in any case, or a whole number) to a label id, for every reader.
+
+    A name maps to its position in `names`. Whole numbers map as `numbers` says: "names" when the label names are
+    themselves numbers (matched by value), "sentiment" (-1/0/1 = the label named negative/neutral/positive, where
+    ever it is in `names`), "ids" (0..K-1 in `names` order), or None when the data holds no numbers.
+    Built once per dataset with `for_values`, which reads the meaning of the numbers from all of them.
+    """
+
+    names: tuple[str, ...]
+    numbers: str | None = None
+
+    @classmethod
+    def for_values(cls, names, values, numeric_labels: str = "auto", source="data") -> "LabelRule":
+        """The rule for these label names and every raw label value of the data (all splits together).
+
+        `numeric_labels` auto reads the meaning from the numbers and refuses numbers that could mean two things;
+        sentiment / ids say which (a one-line note says when the numbers alone were ambiguous)."""
+        names = check_label_names(names)
+        if numeric_labels not in NUMERIC_LABELS:
+            raise ValueError(f"numeric_labels must be one of {NUMERIC_LABELS}, got {numeric_labels!r}")
+        lowered = [name.lower() for name in names]
+        numbers = sorted({whole_number(v) for v in values if str(v).strip().lower() not in lowered} - {None})
+        if all(whole_number(name) is not None for name in names):
+            return cls(names, "names")
+        if not numbers:
+            return cls(names, None if numeric_labels == "auto" else numeric_labels)
+        readings = {meaning: cls(names, meaning) for meaning in ("sentiment", "ids")}
+        fits = {meaning: rule for meaning, rule in readings.items()
+                if all(rule.id(number) is not None for number in numbers)}
+        ambiguous = len(fits) == 2 and any(fits["sentiment"].id(n) != fits["ids"].id(n) for n in numbers)
+        if numeric_labels != "auto":
+            if ambiguous:
+                logger.warning("note: %s: labels %s read as %s (%s), as numeric_labels says", source,
+                               " / ".join(map(str, numbers)), numeric_labels, readings[numeric_labels].meaning(numbers))
+            return readings[numeric_labels]
+        if ambiguous:
+            raise DataError(source, f"the labels {' / '.join(map(str, numbers))} could mean two things with the "
+                            f"labels {', '.join(names)}: -1/0/1 sentiment ({readings['sentiment'].meaning(numbers)}) "
+                            f"or class ids ({readings['ids'].meaning(numbers)}); say which with --numeric_labels "
+                            "sentiment or ids (binary 0/1 data: --label_names negative positive), or write the "
+                            "label names", field="label")
+        if fits:
+            return next(iter(fits.values()))
+        return readings["sentiment" if min(numbers) < 0 else "ids"]  # a number that fits neither is refused by row
+
+    def id(self, value) -> int | None:
+        """The label id of a raw value, or None when it is no label of this rule."""
+        text = str(value).strip().lower()
+        lowered = [name.lower() for name in self.names]
+        if text in lowered:
+            return lowered.index(text)
+        number = whole_number(value)
+        if number is None or self.numbers is None:
+            return None
+        if self.numbers == "names":
+            return next((i for i, name in enumerate(self.names) if whole_number(name) == number), None)
+        if self.numbers == "sentiment":
+            name = SENTIMENT_NUMBERS.get(number)
+            return lowered.index(name) if name in lowered else None
+        return number if 0 <= number < len(self.names) else None
+
+    def meaning(self, numbers) -> str:
+        """'0 neutral, 1 positive': what these numbers stand for under this rule, for messages."""
+        return ", ".join(f"{n} {self.names[self.id(n)]}" if self.id(n) is not None else f"{n} nothing"
+                         for n in numbers)
+
+    def expected(self) -> str:
+        """The accepted labels, for messages: 'negative, neutral, positive (or -1 / 0 / 1 for them)'."""
+        numbers = {"sentiment": [n for n in SENTIMENT_NUMBERS if self.id(n) is not None],
+                   "ids": list(range(len(self.names)))}.get(self.numbers, [])
+        return ", ".join(self.names) + (f" (or {' / '.join(map(str, numbers))}: {self.meaning(numbers)})"
+                                        if numbers else "")
+
+
+def check_label_names(names) -> tuple[str, ...]:
+    """Label names as given, refused when two are the same name in any case or when one is empty."""
+    names = tuple(str(name).strip() for name in names)
+    seen = {}
+    for name in names:
+        if not name:
+            raise DataError("settings", "--label_names holds an empty name")
+        if name.lower() in seen:
+            raise DataError("settings", f"--label_names has duplicates: {seen[name.lower()]!r} and {name!r} (labels "
+                            "are matched in any case)")
+        seen[name.lower()] = name
+    return names
 
 
 def read_text(path: str | Path) -> str:
@@ -146,10 +263,12 @@ def require_columns(rows: list, path, needed, header: str | None = None) -> None
 
 
 def find_split_files(folder: str | Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
-    """Map split names to the files of a folder: `train.jsonl`, `dev.csv`, `Laptop_Test.xml`, ...
+    """Map split names to the files of a folder: `train.jsonl`, `dev.csv`, `Laptop_Test.xml`, `2018-E-c-En-dev.txt`.
 
-    Exact file stems win (`train.jsonl` over `Laptop_Train.xml`); otherwise a file whose stem contains the split
-    name is taken when it is the only one. A folder without a train file is an error.
+    Exact file stems win (`train.jsonl` over `Laptop_Train.xml`); otherwise a file whose stem has the split name as
+    a whole word (`Laptop_Train`, `LaptopTrain`, `test-gold`; not `retrieval` for "val") and names no other split
+    (`train_dev_backup` could be either: never taken) is taken when it is the only one. Data files left unused are
+    named in one line. A folder without a train file is an error.
     """
     folder = Path(folder)
     every_file = sorted(p for p in folder.iterdir() if p.is_file())
@@ -157,7 +276,7 @@ def find_split_files(folder: str | Path, suffixes: tuple[str, ...]) -> dict[str,
     found = {}
     for split, names in SPLIT_NAMES.items():
         exact = [p for p in files if p.stem.lower() in names]
-        loose = [p for p in files if any(name in p.stem.lower() for name in names)]
+        loose = [p for p in files if _splits_named(p.stem) == {split}]
         candidates = exact or loose
         if len(candidates) > 1:
             raise DataError(folder, f"several files could be the {split} split: "
@@ -167,7 +286,18 @@ def find_split_files(folder: str | Path, suffixes: tuple[str, ...]) -> dict[str,
     if "train" not in found:
         raise DataError(folder, f"no train file (expected e.g. train.jsonl, of type {', '.join(suffixes)}; found: "
                         f"{', '.join(p.name for p in every_file) or 'no files'})")
+    unused = [p.name for p in files if p not in found.values()]
+    if unused:
+        logger.warning("%s: using %s; not using %s (pass files explicitly with --train_file / --validation_file / "
+                       "--test_file)", folder, ", ".join(f"{p.name} as {split}" for split, p in found.items()),
+                       ", ".join(unused))
     return found
+
+
+def _splits_named(stem: str) -> set[str]:
+    """The splits whose names are whole words of a file stem: words split at non-letters and at camelCase."""
+    words = set(re.findall(r"[a-z]+|[0-9]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", stem).lower()))
+    return {split for split, names in SPLIT_NAMES.items() if words & set(names)}
 
 
 def load_hub_dataset(name: str, config: str | None = None) -> datasets.DatasetDict:
@@ -180,9 +310,85 @@ def load_hub_dataset(name: str, config: str | None = None) -> datasets.DatasetDi
                         "Pass a local folder or files instead, e.g. ../shared/data/semeval2014_laptops") from None
 
 
+class Splits(datasets.DatasetDict):
+    """Train / validation / test, with what a model must remember of how they were made (saved in its config.json):
+
+    `validation_split`: how validation was made (`split_record`), so that evaluation rebuilds the same one;
+    `numeric_labels`: what whole-number labels meant (`LabelRule.numbers`), so that evaluation reads them alike.
+    """
+
+    validation_split: dict = {}
+    numeric_labels: str | None = None
+
+
+def split_fingerprint(rows) -> str:
+    """A digest of a split's rows (a Dataset or a list of dicts), independent of their order and of the `row`
+    column (where a row was in its file): the same rows give the same digest, from any file format."""
+    rows = rows.to_list() if isinstance(rows, datasets.Dataset) else rows
+    digests = sorted(hashlib.sha256(json.dumps({k: v for k, v in row.items() if k != "row"}, sort_keys=True,
+                                               ensure_ascii=False).encode()).digest() for row in rows)
+    return hashlib.sha256(b"".join(digests)).hexdigest()[:16]
+
+
+def split_record(splits, made: str, fraction: float | None = None, seed: int | None = None) -> dict:
+    """How validation was made: "carved" from train (with fraction and seed), "given" (a file or Hub split), or
+    "test" (--select_on_test), with the row count and fingerprint of train and validation."""
+    record = {"made": made}
+    if made == "carved":
+        record.update(validation_fraction=fraction, seed=seed)
+    record["rows"] = {split: len(splits[split]) for split in ("train", "validation") if split in splits}
+    record["fingerprints"] = {split: split_fingerprint(splits[split]) for split in ("train", "validation")
+                              if split in splits}
+    return record
+
+
+def rebuild_recipe(record: dict | None, model: str, split: str, validation_fraction: float | None = None,
+                   seed: int | None = None) -> dict:
+    """The `validation_fraction`, `seed` and `select_on_test` that rebuild the splits a model was trained on, from
+    its `validation_split` record. Explicit values that differ from the record are refused (they would carve
+    another validation split, holding rows the model trained on); a model without a record gets a one-line note."""
+    if not record:
+        fraction, seed = 0.1 if validation_fraction is None else validation_fraction, 42 if seed is None else seed
+        if split != "test":
+            logger.warning("note: %s does not record how its validation split was made (trained before this was "
+                           "recorded); a validation split carved now uses --validation_fraction %s --seed %s, and "
+                           "holds training rows if training used others", model, fraction, seed)
+        return {"validation_fraction": fraction, "seed": seed, "select_on_test": False}
+    if record["made"] == "carved":
+        for name, given in (("validation_fraction", validation_fraction), ("seed", seed)):
+            if given is not None and given != record[name] and split != "test":
+                raise SystemExit(f"--{name} {given}: {model} was selected on a validation split carved from train "
+                                 f"with --validation_fraction {record['validation_fraction']} --seed "
+                                 f"{record['seed']}; another carve holds rows it trained on. Leave out --{name}")
+        return {"validation_fraction": record["validation_fraction"], "seed": record["seed"], "select_on_test": False}
+    return {"validation_fraction": 0.1 if validation_fraction is None else validation_fraction,
+            "seed": 42 if seed is None else seed, "select_on_test": record["made"] == "test"}
+
+
+def check_rebuilt_split(record: dict | None, model: str, split: str, rows, source, carved: bool) -> None:
+    """Refuse a train or validation split that is not the one `model` was trained / selected on when it was
+    carved (its rows would be unknown, some perhaps trained on); a note when a given one differs."""
+    if split == "test" or not record:
+        return
+    if carved and record["made"] != "carved":
+        how = "the test split (--select_on_test)" if record["made"] == "test" else "a given validation split"
+        raise DataError(source, f"has no validation split, and {model} was selected on {how} "
+                        f"({record['rows'].get('validation')} rows), not on a carve of train: give that split with "
+                        "--validation_file")
+    if record.get("fingerprints", {}).get(split) in (None, split_fingerprint(rows)):
+        return
+    problem = (f"the {split} split ({len(rows)} rows) is not the one {model} was "
+               f"{'trained' if split == 'train' else 'selected'} on ({record['rows'].get(split)} rows)")
+    if carved:
+        raise DataError(source, f"{problem}: other train data than training's, so the carve differs; give the "
+                        f"split with --{split}_file")
+    logger.warning("note: %s: %s", source, problem)
+
+
 def carve_validation(splits: datasets.DatasetDict, fraction: float, seed: int, stratify_by: str | None = "label",
-                     group_by=("text",), source="train") -> datasets.DatasetDict:
-    """Give `splits` a validation split taken from train when it has none: whole texts, stratified, seeded.
+                     group_by=("text",), source="train") -> Splits:
+    """Give `splits` a validation split taken from train when it has none: whole texts, stratified, seeded; the
+    result records how (`Splits.validation_split`).
 
     Rows with the same `group_by` values (the aspects of a sentence, a repeated tweet) stay on one side, so model
     selection never sees train's texts (nor test's). scikit-learn makes round(1 / fraction) folds (0.1: 10, 0.15: 7),
@@ -190,7 +396,9 @@ def carve_validation(splits: datasets.DatasetDict, fraction: float, seed: int, s
     0.5: all but one); with fewer texts than folds, one text. `source` names the train data in errors.
     """
     if "validation" in splits:
-        return splits
+        result = Splits(splits)
+        result.validation_split = split_record(result, "given")
+        return result
     if not 0 < fraction < 1:
         raise ValueError(f"validation_fraction must be between 0 and 1, got {fraction}")
     train = splits["train"]
@@ -222,7 +430,8 @@ def carve_validation(splits: datasets.DatasetDict, fraction: float, seed: int, s
         held_out = ~held_out
     logger.info("validation split: %d rows (%d texts) carved from train, no text on both sides (seed %d)",
                 held_out.sum(), len(np.unique(groups[held_out])), seed)
-    result = datasets.DatasetDict(splits)
+    result = Splits(splits)
     result["train"], result["validation"] = (train.select(np.flatnonzero(~held_out)),
                                              train.select(np.flatnonzero(held_out)))
+    result.validation_split = split_record(result, "carved", fraction, seed)
     return result

@@ -24,8 +24,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from .files import (SPLIT_NAMES, TABLE_SUFFIXES, DataError, carve_validation, find_split_files, is_missing,
-                    load_hub_dataset, read_rows, require_columns)
+from .files import (SPLIT_NAMES, TABLE_SUFFIXES, DataError, LabelRule, carve_validation, check_label_names,
+                    find_split_files, is_missing, load_hub_dataset, read_rows, require_columns)
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,8 @@ class TextData:
     text_columns: list[str]
     label_columns: list[str]
     sources: dict[str, str] = field(default_factory=dict)
+    validation_split: dict = field(default_factory=dict)  # how validation was made (absa.files.split_record)
+    numeric_labels: str | None = None  # what whole-number labels meant (absa.files.LabelRule)
 
     @property
     def is_pair(self) -> bool:
@@ -77,10 +79,11 @@ def load_text_data(dataset: str | None = None, *, dataset_config: str | None = N
                    validation_file: str | None = None, test_file: str | None = None, text_columns=(),
                    label_column: str | None = None, label_columns=(), label_names=(), task: str | None = None,
                    allow_empty_labels: bool = True, max_train_samples: int = 0, validation_fraction: float = 0.1,
-                   seed: int = 42, select_on_test: bool = False) -> TextData:
+                   seed: int = 42, select_on_test: bool = False, numeric_labels: str = "auto") -> TextData:
     """Read, check and clean the splits; carve validation from train when the source has none.
 
-    `max_train_samples` caps train (seeded) before validation is carved from it, so CPU runs stay small.
+    `max_train_samples` caps train (seeded) before validation is carved from it, so CPU runs stay small. Class labels
+    are read by one `LabelRule` for all splits (`numeric_labels`: what whole numbers mean, as in absa.data).
     """
     if task is not None and task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -99,6 +102,7 @@ def load_text_data(dataset: str | None = None, *, dataset_config: str | None = N
     task = task or _infer_task(kinds)
     _check_task_fits(task, kinds, raw)
     label_names = _label_names(task, raw, label_columns, kinds, list(label_names))
+    rule = _label_rule(task, raw, label_columns[0], label_names, numeric_labels)
 
     features = {TEXT: datasets.Value("string"), ROW: datasets.Value("string")}
     if len(text_columns) == 2:
@@ -108,7 +112,8 @@ def load_text_data(dataset: str | None = None, *, dataset_config: str | None = N
                         "regression": datasets.Value("float32")}[task]
     splits = datasets.DatasetDict()
     for name, split in raw.items():
-        rows = [_clean_row(split, row, record, text_columns, label_columns, task, label_names, allow_empty_labels)
+        rows = [_clean_row(split, row, record, text_columns, label_columns, task, label_names, rule,
+                           allow_empty_labels)
                 for row, record in split.rows]
         splits[name] = datasets.Dataset.from_list(rows, features=datasets.Features(features))
     empty = sum(1 for labels in splits["train"][LABELS] if task == "multi_label" and not any(labels))
@@ -126,8 +131,13 @@ def load_text_data(dataset: str | None = None, *, dataset_config: str | None = N
     # Whole texts (a repeated text or pair stays on one side); stratified for single-label (a ClassLabel column).
     splits = carve_validation(splits, validation_fraction, seed, stratify_by=LABELS, group_by=(TEXT, TEXT_PAIR),
                               source=train.source)
+    if select_on_test:
+        splits.validation_split["made"] = "test"
+    if max_train_samples:
+        splits.validation_split["max_train_samples"] = max_train_samples
     return TextData(splits=splits, task=task, label_names=label_names, text_columns=text_columns,
-                    label_columns=label_columns, sources={name: split.source for name, split in raw.items()})
+                    label_columns=label_columns, sources={name: split.source for name, split in raw.items()},
+                    validation_split=splits.validation_split, numeric_labels=rule.numbers if rule else None)
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -351,10 +361,8 @@ def _label_names(task, raw, label_columns, kinds, given: list[str]) -> list[str]
             raise DataError(train.source, f"--label_names names {len(given)} labels but --label_columns has "
                             f"{len(label_columns)}", field=column)
         return given or list(label_columns)
-    if len(set(given)) != len(given):
-        raise DataError("settings", f"--label_names has duplicates: {' '.join(given)}")
     if given:
-        return given
+        return list(check_label_names(given))
     if column in train.class_names:
         return list(train.class_names[column])
     # Sorted, so the same data always gives the same ids: numbers numerically, names alphabetically.
@@ -369,7 +377,25 @@ def _label_names(task, raw, label_columns, kinds, given: list[str]) -> list[str]
             values.add(value)
     if kinds[column].kind in ("number", "bool"):
         return [str(v) for v in sorted(values)]
-    return sorted(values)
+    try:
+        return list(check_label_names(sorted(values)))
+    except DataError as error:  # "Pos" and "pos": one class or two? The data cannot say
+        raise DataError(train.source, f"{error.problem.replace('--label_names has', 'the labels have')}: write them "
+                        "alike, or list the classes with --label_names", field=column) from None
+
+
+def _label_rule(task, raw, column, label_names, numeric_labels) -> LabelRule | None:
+    """The one label rule of absa.files, for single-label classes; what numbers mean is read from every split."""
+    if task != "single_label":
+        return None
+    values = []
+    for split in raw.values():
+        if column in split.class_names:  # Hub ClassLabel ids are turned into their names row by row
+            continue
+        for _, record in split.rows:
+            kind, value, _ = _parse(record.get(column))
+            values.append(int(value) if kind in ("number", "bool") else value)
+    return LabelRule.for_values(label_names, values, numeric_labels, raw["train"].source)
 
 
 def _item_name(item, split: RawSplit, row, column) -> str:
@@ -394,7 +420,7 @@ def _texts(split: RawSplit, row, record, text_columns) -> list[str]:
     return texts
 
 
-def _clean_row(split: RawSplit, row, record, text_columns, label_columns, task, label_names,
+def _clean_row(split: RawSplit, row, record, text_columns, label_columns, task, label_names, rule,
                allow_empty_labels) -> dict:
     texts = _texts(split, row, record, text_columns)
     clean = {TEXT: texts[0], ROW: str(row)}
@@ -410,7 +436,7 @@ def _clean_row(split: RawSplit, row, record, text_columns, label_columns, task, 
     if task == "regression":
         clean[LABELS] = float(parsed)
     elif task == "single_label":
-        clean[LABELS] = _class_id(split, row, column, kind, parsed, label_names)
+        clean[LABELS] = _class_id(split, row, column, kind, parsed, rule)
     elif kind == "list":
         names = [_item_name(item, split, row, column) for item in parsed]
         unknown = [name for name in names if name not in label_names]
@@ -426,21 +452,15 @@ def _clean_row(split: RawSplit, row, record, text_columns, label_columns, task, 
     return clean
 
 
-def _class_id(split, row, column, kind, value, label_names) -> int:
+def _class_id(split, row, column, kind, value, rule: LabelRule) -> int:
     if column in split.class_names and kind == "number":  # Hub ClassLabel id
-        value = split.class_names[column][value] if 0 <= value < len(split.class_names[column]) else value
-        kind = "text"
-    if kind in ("number", "bool"):
-        value = int(value)
-        if str(value) in label_names:
-            return label_names.index(str(value))
-        named_ids = label_names and not all(name.lstrip("-").isdigit() for name in label_names)
-        if named_ids and 0 <= value < len(label_names):
-            return value  # class ids 0..K-1 with their names given by --label_names
-    elif value in label_names:
-        return label_names.index(value)
-    raise DataError(split.source, f"unknown label {value!r}: not among the {len(label_names)} labels of the train "
-                    f"data ({', '.join(label_names[:20])}); list every class with --label_names", row=row, field=column)
+        if 0 <= value < len(split.class_names[column]):
+            value, kind = split.class_names[column][value], "text"
+    label = rule.id(int(value) if kind in ("number", "bool") else value)
+    if label is None:
+        raise DataError(split.source, f"unknown label {value!r}: not among the {len(rule.names)} labels "
+                        f"({rule.expected()[:300]}); list every class with --label_names", row=row, field=column)
+    return label
 
 
 def _zero_one(split, row, column, value) -> float:

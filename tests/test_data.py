@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 from conftest import SHARED_DATA
 
-from absa.data import DEFAULT_LABELS, load_absa_splits, normalise_label
-from absa.files import DataError, carve_validation, find_split_files, read_rows
+from absa.data import DEFAULT_LABELS, load_absa_splits
+from absa.files import DataError, LabelRule, carve_validation, find_split_files, read_rows
 
 LAPTOPS = SHARED_DATA / "semeval2014_laptops"
 
@@ -174,22 +174,20 @@ def test_read_rows_labels_rows_as_an_editor_shows_them(tmp_path):
 # --------------------------------------------------------------------------- labels
 
 
+SENTIMENT_RULE = LabelRule(DEFAULT_LABELS, "sentiment")
+
+
 @pytest.mark.parametrize("value, index", [
     (-1, 0), (0, 1), (1, 2), ("-1", 0), ("0", 1), ("1", 2), (-1.0, 0), ("1.0", 2),
     ("negative", 0), ("NEGATIVE", 0), ("Neutral", 1), ("positive", 2), ("PoSiTiVe", 2), (" positive ", 2),
 ])
 def test_labels_numbers_and_names_in_any_case(value, index):
-    assert normalise_label(value, DEFAULT_LABELS) == index
+    assert SENTIMENT_RULE.id(value) == index
 
 
-@pytest.mark.parametrize("value", ["conflict", "Conflict", "CONFLICT"])
-def test_conflict_is_recognised(value):
-    assert normalise_label(value, DEFAULT_LABELS) == "conflict"
-
-
-@pytest.mark.parametrize("value", ["positve", "2", "-2", "good", "0.5"])
+@pytest.mark.parametrize("value", ["positve", "2", "-2", "good", "0.5", "conflict", True])
 def test_unknown_label_values(value):
-    assert normalise_label(value, DEFAULT_LABELS) is None
+    assert SENTIMENT_RULE.id(value) is None
 
 
 @pytest.mark.parametrize("writer", [write_jsonl, write_csv, write_parquet], ids=["jsonl", "csv", "parquet"])
