@@ -27,7 +27,7 @@ from transformers import get_linear_schedule_with_warmup
 from absa.aspects import INPUT_FORMATS, AspectCollator, encode_absa_splits
 from absa.batches import make_dataloaders
 from absa.data import DEFAULT_LABELS, load_absa_splits
-from absa.files import DataError
+from absa.files import NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError
 from absa.metrics import single_label_metrics
 from absa.model import POOLINGS, AbsaClassifier, load_tokenizer
 from absa.reports import plot_confusion_matrix, plot_curves, write_json
@@ -49,6 +49,7 @@ class Settings(TrainingSettings):
     test_file: str | None = None
     label_names: list[str] = field(default_factory=lambda: list(DEFAULT_LABELS), metadata={"help": "Class "
                                    "names in label-id order, e.g. against neither 'in favor' for stance."})
+    numeric_labels: str = field(default="auto", metadata={"choices": NUMERIC_LABELS, "help": NUMERIC_LABELS_HELP})
     input_format: str = field(default="td_bert", metadata={"choices": INPUT_FORMATS, "help": "What the encoder is "
                               "shown: td_bert, the sentence alone (the seed's model; a sentence's aspects share one "
                               "encoder pass); aspect_markers, the sentence with the aspect bracketed; sentence_pair, "
@@ -93,7 +94,8 @@ def main(settings: Settings) -> dict:
     splits = load_absa_splits(settings.dataset, train_file=settings.train_file,
                               validation_file=settings.validation_file, test_file=settings.test_file,
                               label_names=settings.label_names, validation_fraction=settings.validation_fraction,
-                              seed=settings.seed, select_on_test=settings.select_on_test)
+                              seed=settings.seed, select_on_test=settings.select_on_test,
+                              numeric_labels=settings.numeric_labels)
     test_split = "test" if "test" in splits else "validation"
     tokenizer = load_tokenizer(settings.model_name_or_path)
     features = encode_absa_splits(splits, tokenizer, settings.max_length, settings.input_format)
@@ -104,8 +106,11 @@ def main(settings: Settings) -> dict:
     clear_output_dir(accelerator, output_dir, settings)
 
     # Model, optimizer (no weight decay on biases and LayerNorm weights) and schedule.
+    # The model records how validation was made and what numeric labels meant: evaluate rebuilds and reads alike.
     model = AbsaClassifier.from_encoder(settings.model_name_or_path, settings.label_names, settings.pooling,
-                                        max_length=settings.max_length, input_format=settings.input_format)
+                                        max_length=settings.max_length, input_format=settings.input_format,
+                                        validation_split=splits.validation_split,
+                                        numeric_labels=splits.numeric_labels)
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if settings.freeze_word_embeddings:
@@ -183,7 +188,8 @@ def main(settings: Settings) -> dict:
     test = single_label_metrics(logits, labels, settings.label_names)
 
     results = {"test_split": test_split, "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
-               "test": test, **run_summary(accelerator, run, settings, started)}
+               "test": test, "validation_split": splits.validation_split,
+               **run_summary(accelerator, run, settings, started)}
     if accelerator.is_main_process:
         write_json(output_dir / "results.json", results)
         plot_confusion_matrix(test["confusion_matrix"], settings.label_names, output_dir / "confusion_matrix.png")

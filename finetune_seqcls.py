@@ -29,13 +29,14 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, DataCol
 from transformers import get_linear_schedule_with_warmup
 
 from absa.batches import make_dataloaders
-from absa.files import DataError
+from absa.files import NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError
 from absa.launch import make_fsdp_ready
 from absa.metrics import best_threshold, multi_label_metrics, regression_metrics, scalar_metrics, single_label_metrics
 from absa.model import load_tokenizer, loading_error, resolve_model_path
 from absa.reports import plot_confusion_matrix, plot_curves, write_json, write_jsonl
 from absa.text_data import ALL_METRICS, PROBLEM_TYPES, TASK_METRICS, TASKS, encode_text_splits, load_text_data
-from absa.text_predictions import labelled_prediction_rows, predict_only, prediction_inputs, write_predictions
+from absa.text_predictions import (labelled_prediction_rows, predict_only, prediction_inputs, predictions_path,
+                                   write_predictions)
 from absa.training import (BEST_MODEL, RunState, TrainingSettings, clear_output_dir, finish_run, load_best_weights,
                            make_accelerator, optimizer_steps, parse_settings, prepare_output_dir, report_evaluation,
                            run_for_seeds, run_summary, save_best_model, save_checkpoint)
@@ -72,6 +73,7 @@ class Settings(TrainingSettings):
                                      "per label, e.g. anger joy sadness."})
     label_names: list[str] = field(default_factory=list, metadata={"help": "Class names in id order (default: "
                                    "sorted from the train data; for whole-number labels 0..K-1 these name the ids)."})
+    numeric_labels: str = field(default="auto", metadata={"choices": NUMERIC_LABELS, "help": NUMERIC_LABELS_HELP})
     task: str | None = field(default=None, metadata={"choices": TASKS, "help": "Force the task; default: read from "
                              "the labels (floats: regression, lists or several columns: multi_label)."})
     metric_for_best_model: str = field(default="loss", metadata={"choices": ALL_METRICS})
@@ -133,11 +135,12 @@ def main(settings: Settings) -> dict:
                           label_columns=settings.label_columns, label_names=settings.label_names, task=settings.task,
                           allow_empty_labels=settings.allow_empty_labels, max_train_samples=settings.max_train_samples,
                           validation_fraction=settings.validation_fraction, seed=settings.seed,
-                          select_on_test=settings.select_on_test)
+                          select_on_test=settings.select_on_test, numeric_labels=settings.numeric_labels)
     check_metric(settings, data.task)  # now that the task is known, before any model is loaded
     if settings.tune_threshold and data.task != "multi_label":
         raise SystemExit(f"--tune_threshold is for multi-label data; this is {data.task}")
     inputs = prediction_inputs(settings, data.text_columns)  # a bad --predict_file fails now, not after training
+    predictions_file = predictions_path(settings, inputs)  # and an existing predictions file
     test_split = "test" if "test" in data.splits else "validation"
     if test_split == "validation":
         accelerator.print("no test split: the final evaluation is on validation, which also selected the model")
@@ -255,7 +258,7 @@ def main(settings: Settings) -> dict:
     results = {
         "task": data.task, "problem_type": PROBLEM_TYPES[data.task], "label_names": data.label_names,
         "text_columns": data.text_columns, "label_columns": data.label_columns, "sources": data.sources,
-        "split_sizes": {split: len(rows) for split, rows in splits.items()},
+        "split_sizes": {split: len(rows) for split, rows in splits.items()}, "validation_split": data.validation_split,
         "test_split": test_split, **{f"test_{k}": v for k, v in scalar_metrics(test).items()}, "test": test,
         **({"threshold": threshold, "threshold_tuned": bool(settings.tune_threshold), "validation_at_threshold": tuned}
            if data.task == "multi_label" else {}),
@@ -273,7 +276,7 @@ def main(settings: Settings) -> dict:
         print(f"test ({test_split}): {shown}; best epoch {results['best_epoch']}; "
               f"{results['train_samples_per_second']:.1f} samples/s; results in {output_dir / 'results.json'}")
         if inputs:
-            write_predictions(settings, best_dir, inputs, accelerator.device)
+            write_predictions(settings, best_dir, inputs, predictions_file, accelerator.device)
     finish_run(accelerator)
     return results
 
@@ -299,6 +302,10 @@ def build_model(name_or_path: str, data, threshold: float):
                                             problem_type=PROBLEM_TYPES[data.task])
         # Recorded in config.json for --predict_file and for readers of the folder; transformers ignores them.
         config.text_columns = list(data.text_columns)
+        if data.validation_split:  # how validation was made (absa.files.split_record)
+            config.validation_split = data.validation_split
+        if data.numeric_labels:
+            config.numeric_labels = data.numeric_labels
         if data.task == "multi_label":
             config.multi_label_threshold = threshold
         model = AutoModelForSequenceClassification.from_pretrained(path, config=config)
@@ -315,6 +322,10 @@ def save_threshold(model_dir, threshold: float) -> None:
 
 if __name__ == "__main__":
     try:
-        run_for_seeds(main, parse_settings(Settings), keys=SEED_KEYS)
+        settings = parse_settings(Settings)
+        if settings.seeds and settings.predictions_file:
+            raise SystemExit("--predictions_file with --seeds: every seed would write that one file; leave it out "
+                             "(each seed writes OUTPUT/seed_N/predictions.jsonl)")
+        run_for_seeds(main, settings, keys=SEED_KEYS)
     except DataError as error:  # the message names the file, row and field; a traceback would add nothing
         raise SystemExit(f"data error: {error}") from None

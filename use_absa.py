@@ -43,13 +43,13 @@ from tqdm import tqdm
 
 from absa.aspects import AspectCollator
 from absa.data import load_absa_splits, read_absa_file
-from absa.files import DataError
+from absa.files import NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError, check_rebuilt_split, rebuild_recipe
 from absa.launch import check_distributed_setup
 from absa.metrics import single_label_metrics
 from absa.model import WEIGHTS_NAME, load_tokenizer
 from absa.predict import (DTYPES, MARK_END, MARK_START, AspectError, AspectSpan, autocast, default_max_length,
                           encode_spans, in_input_order, label_names_of, length_sorted_loader, load_absa_model,
-                          parse_marked_text, read_absa_config, read_label_names, resolve_aspect, resolve_dtype,
+                          parse_marked_text, read_absa_config, resolve_aspect, resolve_dtype,
                           softmax)
 from absa.reports import plot_confusion_matrix, write_json
 from absa.training import end_run
@@ -116,14 +116,22 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     evaluate.add_argument("--dataset", default=None, help="a folder (train/test files: JSONL, CSV, Parquet, "
                           "SemEval XML, $T$ format), one such file (evaluated whole), or a Hub dataset name")
     evaluate.add_argument("--split", default="test", choices=("train", "validation", "test"),
-                          help="which split of --dataset (default: test). A dataset without a validation split "
-                               "gets the one finetune_absa.py carved from train (same --validation_fraction/--seed)")
+                          help="which split of --dataset (default: test). train and validation are rebuilt as the "
+                               "model's training made them: its config.json records how (absa_validation_split: "
+                               "carved from train with its --validation_fraction and --seed, a given file, or the "
+                               "test split); a split that does not match that record is refused or noted")
     for split in ("train", "validation", "test"):
         evaluate.add_argument(f"--{split}_file", default=None,
                               help=f"a file to use as the {split} split (read whole; overrides --dataset)")
-    evaluate.add_argument("--validation_fraction", type=float, default=0.1,
-                          help="share of train held out as validation when the data has none (default: 0.1)")
-    evaluate.add_argument("--seed", type=int, default=42, help="seed of that split (default: 42)")
+    evaluate.add_argument("--validation_fraction", type=float, default=None,
+                          help="share of train held out as validation when the data has none (default: the "
+                               "model's; 0.1 for model folders that do not record it). Another value than the "
+                               "model's is refused")
+    evaluate.add_argument("--seed", type=int, default=None, help="seed of that split (default: the model's; 42 for "
+                          "model folders that do not record it). Another seed than the model's is refused")
+    evaluate.add_argument("--numeric_labels", default=None, choices=NUMERIC_LABELS,
+                          help="what whole-number labels in the data mean (default: what they meant in the model's "
+                               "training data, absa_numeric_labels; else auto). " + NUMERIC_LABELS_HELP.split(". ", 1)[1])
     evaluate.add_argument("--output_dir", default=None,
                           help="where the JSON and PNG go (default: the folder that holds MODEL_DIR)")
 
@@ -283,7 +291,7 @@ def evaluate(args, accelerator: Accelerator) -> dict:
         check_output(output_dir / f"evaluation_{split_name}_confusion_matrix.png", args.overwrite)])
 
     # Data first, so that a problem in it shows before a large model loads; label ids in the model's order.
-    rows, where = read_split(args, read_label_names(args.model))
+    rows, where = read_split(args, read_absa_config(args.model))
     tokenizer, max_length, input_format = load_tokenizer_of(args)
     spans = [AspectSpan(row["text"], row["start"], row["end"], spans=tuple(map(tuple, row["spans"])))
              for row in rows]  # offsets checked by absa.data
@@ -326,23 +334,36 @@ def evaluate(args, accelerator: Accelerator) -> dict:
     return results
 
 
-def read_split(args, label_names) -> tuple[list[dict], str]:
-    """Rows (text, aspect, start, end, label id) of the split to evaluate, and a description of where from."""
+def read_split(args, config: dict) -> tuple[list[dict], str]:
+    """Rows (text, aspect, start, end, label id) of the split to evaluate, and a description of where from.
+
+    Labels are read as in training (the model's label names and `absa_numeric_labels`); a train or validation
+    split is rebuilt as training made it (`absa_validation_split`) and checked against that record."""
+    label_names = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+    numeric_labels = args.numeric_labels or config.get("absa_numeric_labels") or "auto"
+    record = config.get("absa_validation_split")
     single = getattr(args, f"{args.split}_file") or (args.dataset if args.dataset and Path(args.dataset).is_file()
                                                      else None)
     if single:
         # One file is the whole split. load_absa_splits would take it as a train split and carve a validation
-        # share off it (absa.data has no public one-file reader yet).
-        return read_absa_file(single, label_names), str(single)
+        # share off it.
+        rows = read_absa_file(single, label_names, numeric_labels)
+        if getattr(args, f"{args.split}_file"):
+            check_rebuilt_split(record, args.model, args.split, rows, single, carved=False)
+        return rows, str(single)
     if not args.dataset:
         raise SystemExit(f"evaluate needs --dataset (a folder, file or Hub name) or --{args.split}_file")
+    recipe = rebuild_recipe(record, args.model, args.split, args.validation_fraction, args.seed)
     splits = load_absa_splits(args.dataset, train_file=args.train_file, validation_file=args.validation_file,
-                              test_file=args.test_file, label_names=label_names,
-                              validation_fraction=args.validation_fraction, seed=args.seed)
+                              test_file=args.test_file, label_names=label_names, numeric_labels=numeric_labels,
+                              **recipe)
     if args.split not in splits:
         raise DataError(args.dataset, f"no {args.split} split (it has {', '.join(splits)}); choose one with --split "
                         f"or give --{args.split}_file")
-    return splits[args.split].to_list(), f"{args.dataset} [{args.split}]"
+    rows = splits[args.split].to_list()
+    check_rebuilt_split(record, args.model, args.split, rows, args.dataset,
+                        carved=splits.validation_split["made"] == "carved")
+    return rows, f"{args.dataset} [{args.split}]"
 
 
 def run_facts(accelerator: Accelerator, dtype, count: int, seconds: float) -> dict:

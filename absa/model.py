@@ -5,7 +5,7 @@ The encoder is whatever `AutoModel` builds for the checkpoint (BERT, RoBERTa, XL
 mDeBERTa, ELECTRA), so switching family is only a different `model_name_or_path`.
 
 A saved model is an ordinary Hugging Face folder: config.json (the encoder's config plus `id2label`,
-`label2id`, `absa_pooling`), model.safetensors, and the tokenizer. `AbsaClassifier.from_pretrained(folder)`
+`label2id`, `absa_pooling` and the records of `from_encoder`), model.safetensors, and the tokenizer. `AbsaClassifier.from_pretrained(folder)`
 reloads it.
 """
 
@@ -90,11 +90,15 @@ class AbsaClassifier(nn.Module):
 
     @classmethod
     def from_encoder(cls, name_or_path: str, label_names, pooling: str = "max", dropout: float | None = None,
-                     max_length: int | None = None, input_format: str = "td_bert", **load_kwargs) -> "AbsaClassifier":
+                     max_length: int | None = None, input_format: str = "td_bert", validation_split: dict | None = None,
+                     numeric_labels: str | None = None, **load_kwargs) -> "AbsaClassifier":
         """A new ABSA model around a pretrained encoder (Hub name, folder, or embedded short name).
 
         `max_length` (the training length) and `input_format` (absa.aspects.INPUT_FORMATS) are recorded in the
-        config as `absa_max_length` and `absa_input_format`, so that prediction builds its inputs as training did.
+        config as `absa_max_length` and `absa_input_format`, so that prediction builds its inputs as training did;
+        `validation_split` (how validation was made, absa.files.split_record) and `numeric_labels` (what whole-number
+        labels meant, absa.files.LabelRule) as `absa_validation_split` and `absa_numeric_labels`, so that
+        `use_absa.py evaluate` rebuilds the same splits and reads labels alike.
         """
         path = resolve_model_path(name_or_path)
         id2label = dict(enumerate(label_names))
@@ -107,6 +111,10 @@ class AbsaClassifier(nn.Module):
         if max_length:
             model.config.absa_max_length = int(max_length)  # the encoder's config: the one saved
         model.config.absa_input_format = input_format
+        if validation_split:
+            model.config.absa_validation_split = validation_split
+        if numeric_labels:
+            model.config.absa_numeric_labels = numeric_labels
         nn.init.normal_(model.classifier.weight, std=getattr(config, "initializer_range", 0.02))
         nn.init.zeros_(model.classifier.bias)
         return model

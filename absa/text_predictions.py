@@ -93,10 +93,38 @@ def pipeline_predictions(model_dir, inputs, device=None, batch_size: int = 32) -
     return records
 
 
-def write_predictions(settings, model_dir, inputs, device=None) -> list[dict]:
+PREDICTION_TYPES = (".jsonl", ".csv")
+
+
+def predictions_path(settings, inputs) -> Path | None:
+    """Where the predictions go, checked before any work: --predictions_file; else, for --predict_file rows,
+    OUTPUT/predictions.jsonl after training, and predictions_INPUT.jsonl beside the model folder with --do_train
+    false (not a folder relative to the working directory); None: --text only, printed. An existing file is
+    refused unless --overwrite_output_dir."""
+    if settings.predictions_file:
+        path = Path(settings.predictions_file)
+    elif not any(not row.startswith("--text") for row, _ in inputs):
+        return None
+    elif settings.do_train:
+        path = Path(settings.output_dir) / "predictions.jsonl"
+    else:
+        model_dir = Path(resolve_model_path(settings.model_name_or_path)).resolve()
+        path = model_dir.parent / f"predictions_{Path(settings.predict_file).stem}.jsonl"
+    if path.suffix.lower() not in PREDICTION_TYPES:
+        raise SystemExit(f"--predictions_file {path}: unknown type '{path.suffix}' (expected "
+                         f"{' or '.join(PREDICTION_TYPES)})")
+    if path.is_dir():
+        raise SystemExit(f"--predictions_file {path} is a folder; give a file name")
+    if path.exists() and not settings.overwrite_output_dir:
+        raise SystemExit(f"{path} already exists; pass --overwrite_output_dir to replace it, or choose another "
+                         "--predictions_file")
+    return path
+
+
+def write_predictions(settings, model_dir, inputs, path: Path | None, device=None) -> list[dict]:
+    """Predict `inputs` through the pipeline; write them to `path` (`predictions_path`), or print them."""
     records = pipeline_predictions(model_dir, inputs, device, settings.eval_batch_size)
     from_file = [r for r in records if not r["row"].startswith("--text")]
-    path = settings.predictions_file or (Path(settings.output_dir) / "predictions.jsonl" if from_file else None)
     if path is None:
         for record in records:
             print(json.dumps(record, ensure_ascii=False))
@@ -124,6 +152,7 @@ def predict_only(settings) -> list[dict]:
     inputs = prediction_inputs(settings, getattr(config, "text_columns", None) or [])
     if not inputs:
         raise SystemExit("--do_train false: nothing to do; give --predict_file FILE and / or --text TEXT")
+    path = predictions_path(settings, inputs)
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    return write_predictions(settings, model_dir, inputs, "cuda" if torch.cuda.is_available() else "cpu")
+    return write_predictions(settings, model_dir, inputs, path, "cuda" if torch.cuda.is_available() else "cpu")

@@ -735,3 +735,108 @@ def test_real_laptops_validation_shares_no_sentence_with_train():
         assert abs(count / len(validation) - share[name]) < 0.02, (name, count)
     again = load_absa_splits(str(LAPTOPS))  # use_absa.py evaluate --split validation makes this same call
     assert as_tuples(again["validation"]) == as_tuples(validation)
+
+
+# --------------------------------------------------------------------------- one label rule (issue 23, point 2)
+
+
+def with_labels(rows, labels) -> list[dict]:
+    return [{**row, "label": label} for row, label in zip(rows, labels)]
+
+
+NAMES = [r["label"] for r in ROWS]
+SENTIMENT_NAMES = {-1: "negative", 0: "neutral", 1: "positive"}
+
+
+def test_numbers_mean_their_sentiment_name_in_any_label_order(tmp_path):
+    """-1/0/1 is negative/neutral/positive by name, not by position in --label_names."""
+    order = ("positive", "neutral", "negative")
+    named = load_all(write_jsonl(tmp_path / "named.jsonl", ROWS), label_names=order)
+    numbered = load_all(write_jsonl(tmp_path / "numbered.jsonl",
+                                    with_labels(ROWS, [POLARITY_NUMBER[n] for n in NAMES])), label_names=order)
+    assert list(numbered["label"]) == list(named["label"]) == [order.index(n) for n in NAMES]
+
+
+def test_zero_one_with_three_sentiment_names_is_refused_unless_said(tmp_path):
+    """Binary 0/1 (0 negative, as in SST-2) with negative/neutral/positive could be ids or -1/0/1: refused in one
+    line that says how to choose; each choice then reads the numbers as asked."""
+    zero_one = [0, 1, 1, 0, 1, 0, 1]
+    path = write_jsonl(tmp_path / "train.jsonl", with_labels(ROWS, zero_one))
+    message = error_of(path)
+    assert "train.jsonl" in message and "field 'label'" in message and "could mean two things" in message
+    assert "--numeric_labels" in message and "--label_names negative positive" in message
+    assert list(load_all(path, label_names=("negative", "positive"))["label"]) == zero_one
+    assert list(load_all(path, numeric_labels="sentiment")["label"]) == [n + 1 for n in zero_one]  # neutral/positive
+    assert list(load_all(path, numeric_labels="ids")["label"]) == zero_one  # negative/neutral
+    # 0/1/2 cannot be -1/0/1: class ids in label order, without a word
+    assert list(load_all(write_jsonl(tmp_path / "ids.jsonl", with_labels(ROWS, [0, 1, 2, 2, 1, 0, 2])))["label"]) \
+        == [0, 1, 2, 2, 1, 0, 2]
+
+
+def test_what_numbers_mean_is_read_from_every_split_together(tmp_path):
+    """A test file with only 0 and 1 is read as the train file's -1/0/1, and the meaning is recorded."""
+    train = write_jsonl(tmp_path / "train.jsonl", with_labels(ROWS, [POLARITY_NUMBER[n] for n in NAMES]))
+    test = write_jsonl(tmp_path / "test.jsonl", with_labels(ROWS[:3], [1, 0, 1]))
+    splits = load_absa_splits(None, train_file=str(train), test_file=str(test))
+    assert list(splits["test"]["label"]) == [2, 1, 2] and splits.numeric_labels == "sentiment"
+
+
+def test_label_names_that_differ_only_in_case_are_refused(tmp_path):
+    with pytest.raises(DataError, match="duplicates"):
+        load_all(write_jsonl(tmp_path / "train.jsonl", ROWS), label_names=("positive", "Positive", "negative"))
+
+
+def test_hub_class_label_ids_are_names_not_sentiment_numbers(monkeypatch):
+    """A Hub ClassLabel counts from 0 in its own order: id 0 is its first name, not 'neutral'."""
+    features = datasets.Features({"text": datasets.Value("string"), "aspect": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["positive", "negative", "neutral"])})
+    hub = datasets.DatasetDict({"train": datasets.Dataset.from_dict(
+        {"text": ["the screen is fine"] * 3 + ["a screen"] * 3, "aspect": ["screen"] * 6, "label": [0, 1, 2] * 2},
+        features=features)})
+    monkeypatch.setattr("absa.data.load_hub_dataset", lambda name: hub)
+    splits = load_absa_splits("some/hub-set", validation_fraction=0.5, seed=0)
+    rows = splits["train"].to_list() + splits["validation"].to_list()
+    assert sorted(DEFAULT_LABELS[r["label"]] for r in rows) == sorted(["positive", "negative", "neutral"] * 2)
+
+
+def test_seqcls_reads_labels_with_the_same_rule(tmp_path):
+    from absa.text_data import load_text_data
+
+    texts = [f"sentence {i}" for i in range(12)]
+    write = lambda name, labels: write_jsonl(tmp_path / name, [{"text": t, "label": x} for t, x in zip(texts, labels)])
+    numbers = dict(zip(texts, [-1, 0, 1] * 4))
+    data = load_text_data(train_file=str(write("a.jsonl", numbers.values())),
+                          label_names=["positive", "neutral", "negative"])
+    read = {text: data.label_names[label] for split in data.splits.values()
+            for text, label in zip(split["text"], split["labels"])}
+    assert read == {text: SENTIMENT_NAMES[number] for text, number in numbers.items()}
+    # SST-2 style: 0 negative / 1 positive with two names; with three sentiment names it could mean two things
+    data = load_text_data(train_file=str(write("b.jsonl", [0, 1] * 6)), label_names=["negative", "positive"])
+    assert data.numeric_labels == "ids"
+    with pytest.raises(DataError, match="could mean two things"):
+        load_text_data(train_file=str(write("c.jsonl", [0, 1] * 6)), label_names=["negative", "neutral", "positive"])
+
+
+# --------------------------------------------------------------------------- split files (issue 23, point 7)
+
+
+def test_split_files_are_found_by_whole_words(tmp_path, caplog):
+    """train_dev_backup names two splits and is never taken; 'val' inside 'retrieval' is no split name."""
+    write_jsonl(tmp_path / "train.jsonl", make_rows())
+    write_jsonl(tmp_path / "test.jsonl", ROWS)
+    write_jsonl(tmp_path / "train_dev_backup.jsonl", ROWS[:5])
+    write_jsonl(tmp_path / "retrieval.jsonl", ROWS[:2])
+    with caplog.at_level(logging.WARNING, logger="absa.files"):
+        assert find_split_files(tmp_path, (".jsonl",)) == {"train": tmp_path / "train.jsonl",
+                                                           "test": tmp_path / "test.jsonl"}
+    note = " ".join(r.getMessage() for r in caplog.records)
+    assert "not using retrieval.jsonl, train_dev_backup.jsonl" in note
+    splits = load_absa_splits(str(tmp_path))
+    assert splits.validation_split["made"] == "carved" and len(splits["train"]) + len(splits["validation"]) == 60
+    # whole words also at camelCase and digits: LaptopTrain, 2018-E-c-En-dev, test_gold
+    for name in ("train.jsonl", "test.jsonl", "train_dev_backup.jsonl", "retrieval.jsonl"):
+        (tmp_path / name).unlink()
+    for name in ("LaptopTrain.jsonl", "2018-E-c-En-dev.jsonl", "test_gold.jsonl"):
+        write_jsonl(tmp_path / name, ROWS)
+    assert {split: p.name for split, p in find_split_files(tmp_path, (".jsonl",)).items()} == {
+        "train": "LaptopTrain.jsonl", "validation": "2018-E-c-En-dev.jsonl", "test": "test_gold.jsonl"}
