@@ -114,7 +114,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                     "confusion matrix, and writes them to OUTPUT_DIR/evaluation_SPLIT.json and\n"
                     "OUTPUT_DIR/evaluation_SPLIT_confusion_matrix.png.")
     evaluate.add_argument("--dataset", default=None, help="a folder (train/test files: JSONL, CSV, Parquet, "
-                          "SemEval XML, $T$ format), one such file (evaluated whole), or a Hub dataset name")
+                          "SemEval XML, $T$ format), one such file (evaluated whole; with --split train or "
+                          "validation, the train file of training), or a Hub dataset name")
     evaluate.add_argument("--split", default="test", choices=("train", "validation", "test"),
                           help="which split of --dataset (default: test). train and validation are rebuilt as the "
                                "model's training made them: its config.json records how (absa_validation_split: "
@@ -131,7 +132,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                           "model folders that do not record it). Another seed than the model's is refused")
     evaluate.add_argument("--numeric_labels", default=None, choices=NUMERIC_LABELS,
                           help="what whole-number labels in the data mean (default: what they meant in the model's "
-                               "training data, absa_numeric_labels; else auto). " + NUMERIC_LABELS_HELP.split(". ", 1)[1])
+                               "training data, absa_numeric_labels; else auto). "
+                               + NUMERIC_LABELS_HELP.split(". ", 1)[1])
     evaluate.add_argument("--output_dir", default=None,
                           help="where the JSON and PNG go (default: the folder that holds MODEL_DIR)")
 
@@ -285,7 +287,7 @@ def chunk_logits(accelerator: Accelerator, model, tokenizer, spans, max_length: 
 
 def evaluate(args, accelerator: Accelerator) -> dict:
     output_dir = Path(args.output_dir) if args.output_dir else Path(args.model).resolve().parent
-    split_name = Path(args.dataset).stem if args.dataset and Path(args.dataset).is_file() else args.split
+    split_name = Path(args.dataset).stem if whole_file_dataset(args) else args.split
     json_path, png_path = decided_by_main(accelerator, lambda: [
         check_output(output_dir / f"evaluation_{split_name}.json", args.overwrite),
         check_output(output_dir / f"evaluation_{split_name}_confusion_matrix.png", args.overwrite)])
@@ -334,6 +336,12 @@ def evaluate(args, accelerator: Accelerator) -> dict:
     return results
 
 
+def whole_file_dataset(args) -> bool:
+    """--dataset FILE is evaluated whole as the test split; with --split train / validation it is what
+    finetune_absa.py --dataset FILE made of it: train, and the validation split carved from it."""
+    return bool(args.dataset) and Path(args.dataset).is_file() and args.split == "test"
+
+
 def read_split(args, config: dict) -> tuple[list[dict], str]:
     """Rows (text, aspect, start, end, label id) of the split to evaluate, and a description of where from.
 
@@ -342,8 +350,7 @@ def read_split(args, config: dict) -> tuple[list[dict], str]:
     label_names = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
     numeric_labels = args.numeric_labels or config.get("absa_numeric_labels") or "auto"
     record = config.get("absa_validation_split")
-    single = getattr(args, f"{args.split}_file") or (args.dataset if args.dataset and Path(args.dataset).is_file()
-                                                     else None)
+    single = getattr(args, f"{args.split}_file") or (args.dataset if whole_file_dataset(args) else None)
     if single:
         # One file is the whole split. load_absa_splits would take it as a train split and carve a validation
         # share off it.

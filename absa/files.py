@@ -109,8 +109,9 @@ class LabelRule:
         ambiguous = len(fits) == 2 and any(fits["sentiment"].id(n) != fits["ids"].id(n) for n in numbers)
         if numeric_labels != "auto":
             if ambiguous:
-                logger.warning("note: %s: labels %s read as %s (%s), as numeric_labels says", source,
-                               " / ".join(map(str, numbers)), numeric_labels, readings[numeric_labels].meaning(numbers))
+                logger.warning("note: %s: labels %s read as %s (%s), as --numeric_labels or the model's training "
+                               "data say", source, " / ".join(map(str, numbers)), numeric_labels,
+                               readings[numeric_labels].meaning(numbers))
             return readings[numeric_labels]
         if ambiguous:
             raise DataError(source, f"the labels {' / '.join(map(str, numbers))} could mean two things with the "
@@ -267,8 +268,8 @@ def find_split_files(folder: str | Path, suffixes: tuple[str, ...]) -> dict[str,
 
     Exact file stems win (`train.jsonl` over `Laptop_Train.xml`); otherwise a file whose stem has the split name as
     a whole word (`Laptop_Train`, `LaptopTrain`, `test-gold`; not `retrieval` for "val") and names no other split
-    (`train_dev_backup` could be either: never taken) is taken when it is the only one. Data files left unused are
-    named in one line. A folder without a train file is an error.
+    (`train_dev_backup` could be either: never taken) is taken when it is the only one. Files that name a split but
+    are left unused are named in one line. A folder without a train file is an error.
     """
     folder = Path(folder)
     every_file = sorted(p for p in folder.iterdir() if p.is_file())
@@ -286,7 +287,7 @@ def find_split_files(folder: str | Path, suffixes: tuple[str, ...]) -> dict[str,
     if "train" not in found:
         raise DataError(folder, f"no train file (expected e.g. train.jsonl, of type {', '.join(suffixes)}; found: "
                         f"{', '.join(p.name for p in every_file) or 'no files'})")
-    unused = [p.name for p in files if p not in found.values()]
+    unused = [p.name for p in files if p not in found.values() and _splits_named(p.stem)]
     if unused:
         logger.warning("%s: using %s; not using %s (pass files explicitly with --train_file / --validation_file / "
                        "--test_file)", folder, ", ".join(f"{p.name} as {split}" for split, p in found.items()),
@@ -317,8 +318,10 @@ class Splits(datasets.DatasetDict):
     `numeric_labels`: what whole-number labels meant (`LabelRule.numbers`), so that evaluation reads them alike.
     """
 
-    validation_split: dict = {}
-    numeric_labels: str | None = None
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.validation_split: dict = {}
+        self.numeric_labels: str | None = None
 
 
 def split_fingerprint(rows) -> str:

@@ -5,8 +5,8 @@ The encoder is whatever `AutoModel` builds for the checkpoint (BERT, RoBERTa, XL
 mDeBERTa, ELECTRA), so switching family is only a different `model_name_or_path`.
 
 A saved model is an ordinary Hugging Face folder: config.json (the encoder's config plus `id2label`,
-`label2id`, `absa_pooling` and the records of `from_encoder`), model.safetensors, and the tokenizer. `AbsaClassifier.from_pretrained(folder)`
-reloads it.
+`label2id`, `absa_pooling` and the records of `from_encoder`), model.safetensors, and the tokenizer.
+`AbsaClassifier.from_pretrained(folder)` reloads it.
 """
 
 from __future__ import annotations

@@ -5,7 +5,6 @@ The models are tiny random-weight encoders (tests/tiny_models.py); a run of fine
 """
 
 import json
-import logging
 import shutil
 import sys
 from pathlib import Path
@@ -66,6 +65,9 @@ def test_evaluate_validation_is_the_split_the_model_was_selected_on(seed_7_run, 
     # the model's own seed, given explicitly, is the same split; another one is refused before any work
     assert evaluate(output_dir / "best_model", tmp_path / "seven", "--dataset", SAMPLE, "--split", "validation",
                     "--seed", 7)["accuracy"] == best["accuracy"]
+    # --dataset FILE with --split validation is the carve of that train file, not the whole file
+    assert evaluate(output_dir / "best_model", tmp_path / "file", "--dataset", SAMPLE / "train.jsonl", "--split",
+                    "validation")["examples"] == len(carved)
     for flag, value in (("--seed", 42), ("--validation_fraction", 0.2)):
         message = exit_message(["evaluate", output_dir / "best_model", "--dataset", SAMPLE, "--split", "validation",
                                 flag, value, "--output_dir", tmp_path / "refused"])
@@ -73,7 +75,16 @@ def test_evaluate_validation_is_the_split_the_model_was_selected_on(seed_7_run, 
     assert not (tmp_path / "refused").exists()
 
 
-def test_a_split_that_does_not_match_the_record_is_refused(seed_7_run, tmp_path, caplog):
+def notes_of(monkeypatch) -> list[str]:
+    """The one-line notes absa.files logs (a training run in the same process reconfigures logging's handlers)."""
+    import absa.files
+
+    notes = []
+    monkeypatch.setattr(absa.files.logger, "warning", lambda message, *args: notes.append(message % args))
+    return notes
+
+
+def test_a_split_that_does_not_match_the_record_is_refused(seed_7_run, tmp_path, monkeypatch):
     """Other train data give another carve (rows unknown): refused. A model folder without a record (written
     before it was recorded) is evaluated as before, with a one-line note."""
     output_dir, _ = seed_7_run
@@ -90,15 +101,17 @@ def test_a_split_that_does_not_match_the_record_is_refused(seed_7_run, tmp_path,
     config = json.loads((old / "config.json").read_text())
     del config["absa_validation_split"]
     (old / "config.json").write_text(json.dumps(config))
-    with caplog.at_level(logging.WARNING, logger="absa.files"):
-        evaluation = evaluate(old, tmp_path / "old", "--dataset", SAMPLE, "--split", "validation")
+    notes = notes_of(monkeypatch)
+    evaluation = evaluate(old, tmp_path / "old", "--dataset", SAMPLE, "--split", "validation")
     assert evaluation["examples"] == len(load_absa_splits(str(SAMPLE), seed=42)["validation"])
-    assert any("does not record how its validation split was made" in r.getMessage() for r in caplog.records)
+    assert any("does not record how its validation split was made" in note for note in notes)
 
 
-def test_a_model_selected_on_a_given_file_or_on_test_is_not_validated_on_a_carve(tiny_model_dirs, tmp_path):
-    """A model selected on a given validation file trained on all of train: a carve of train is refused. One
-    selected on the test split (--select_on_test) is validated on that test split."""
+def test_a_model_selected_on_a_given_file_or_on_test_is_not_validated_on_a_carve(tiny_model_dirs, tmp_path,
+                                                                                  monkeypatch):
+    """A model selected on a given validation file trained on all of train: a carve of train is refused; that file
+    given alone is recognised, another one is noted. One selected on the test split (--select_on_test) is validated
+    on that test split."""
     folder = tmp_path / "with_dev"
     folder.mkdir()
     rows = (SAMPLE / "train.jsonl").read_text().splitlines(True)
@@ -110,6 +123,13 @@ def test_a_model_selected_on_a_given_file_or_on_test_is_not_validated_on_a_carve
     assert "given validation split (50 rows)" in message and "--validation_file" in message
     assert evaluate(tmp_path / "given" / "best_model", tmp_path / "dev", "--dataset", folder, "--split",
                     "validation")["examples"] == 50
+    (folder / "other.jsonl").write_text("".join(rows[:40]))
+    notes = notes_of(monkeypatch)
+    for name in ("dev", "other"):
+        evaluate(tmp_path / "given" / "best_model", tmp_path / f"alone_{name}", "--validation_file",
+                 folder / f"{name}.jsonl", "--split", "validation")
+    notes = [note for note in notes if "is not the one" in note]
+    assert len(notes) == 1 and "other.jsonl" in notes[0] and "(40 rows)" in notes[0] and "(50 rows)" in notes[0]
 
     results = train(tiny_model_dirs, SAMPLE, tmp_path / "on_test", "--select_on_test")
     evaluation = evaluate(tmp_path / "on_test" / "best_model", tmp_path / "t", "--dataset", SAMPLE, "--split",
