@@ -19,7 +19,7 @@ from pathlib import Path
 import datasets
 import pandas as pd
 
-from .files import (TABLE_SUFFIXES, DataError, LabelRule, Splits, carve_validation, find_split_files, is_missing,
+from .files import (SPLIT_NAMES, TABLE_SUFFIXES, DataError, LabelRule, Splits, carve_validation, find_split_files, is_missing,
                     load_hub_dataset, read_rows, read_text, require_columns)
 
 logger = logging.getLogger(__name__)
@@ -56,9 +56,14 @@ def load_absa_splits(source: str | None = "yqzheng/semeval2014_laptops", *, trai
             raise DataError(next(iter(files.values())), "a train file is needed as well")
         records = {split: (path, read_absa_records(path)) for split, path in files.items()}
     elif source:
-        records = {split: (f"{source} [{split}]", [(f"row {i + 1}", _label_as_name(row, rows.features))
-                                                   for i, row in enumerate(rows)])
-                   for split, rows in load_hub_dataset(source).items()}
+        hub = load_hub_dataset(source)
+        # Hub split names as in a folder (SPLIT_NAMES): a "dev" or "valid" split is the validation split.
+        named = {split: next((name for name in names if name in hub), None) for split, names in SPLIT_NAMES.items()}
+        records = {split: (f"{source} [{name}]", [(f"row {i + 1}", _label_as_name(row, hub[name].features))
+                                                  for i, row in enumerate(hub[name])])
+                   for split, name in named.items() if name is not None}
+        if "train" not in records:
+            raise DataError(source, f"no train split (splits: {', '.join(hub)})")
     else:
         raise DataError("dataset", "no data source given (a Hub name, a folder, or --train_file)")
     # One rule for every split: what a number means is read from the labels of all of them together.

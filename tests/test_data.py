@@ -786,6 +786,16 @@ def test_label_names_that_differ_only_in_case_are_refused(tmp_path):
         load_all(write_jsonl(tmp_path / "train.jsonl", ROWS), label_names=("positive", "Positive", "negative"))
 
 
+def test_a_hub_dev_split_is_the_validation_split(monkeypatch):
+    """A Hub dataset's 'dev' split is its validation split, as in a folder; not ignored while one is carved."""
+    monkeypatch.setattr("absa.data.load_hub_dataset", lambda name: datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(ROWS * 4), "dev": datasets.Dataset.from_list(ROWS * 2),
+         "test": datasets.Dataset.from_list(ROWS)}))
+    splits = load_absa_splits("some/hub-set")
+    assert {name: len(rows) for name, rows in splits.items()} == {"train": 28, "validation": 14, "test": 7}
+    assert splits.validation_split["made"] == "given"
+
+
 def test_hub_class_label_ids_are_names_not_sentiment_numbers(monkeypatch):
     """A Hub ClassLabel counts from 0 in its own order: id 0 is its first name, not 'neutral'."""
     features = datasets.Features({"text": datasets.Value("string"), "aspect": datasets.Value("string"),
@@ -840,3 +850,15 @@ def test_split_files_are_found_by_whole_words(tmp_path, caplog):
         write_jsonl(tmp_path / name, ROWS)
     assert {split: p.name for split, p in find_split_files(tmp_path, (".jsonl",)).items()} == {
         "train": "LaptopTrain.jsonl", "validation": "2018-E-c-En-dev.jsonl", "test": "test_gold.jsonl"}
+
+
+def test_seqcls_class_names_that_differ_only_in_case_are_refused(tmp_path):
+    """'Pos' and 'pos' in the data: one class or two? Refused in one line rather than guessed."""
+    from absa.text_data import load_text_data
+
+    path = write_jsonl(tmp_path / "train.jsonl", [{"text": f"t {i}", "label": ["Pos", "pos", "neg"][i % 3]}
+                                                  for i in range(12)])
+    with pytest.raises(DataError) as info:
+        load_text_data(train_file=str(path))
+    assert "train.jsonl" in str(info.value) and "'Pos' and 'pos'" in str(info.value) and "--label_names" in str(
+        info.value)
