@@ -68,7 +68,7 @@ def load_absa_splits(source: str | None = "yqzheng/semeval2014_laptops", *, trai
         raise DataError("dataset", "no data source given (a Hub name, a folder, or --train_file)")
     # One rule for every split: what a number means is read from the labels of all of them together.
     rule = LabelRule.for_values(label_names, [record.get("label") for _, rows in records.values()
-                                              for _, record in rows], numeric_labels, source or files["train"])
+                                              for _, record in rows], numeric_labels, files.get("train", source))
     splits = {split: _normalise_rows(rows, where, rule) for split, (where, rows) in records.items()}
 
     features = datasets.Features({**FEATURES, "label": datasets.ClassLabel(names=list(rule.names))})
