@@ -56,7 +56,7 @@ class DataError(ValueError):
 # The sentiment convention of SemEval-style data (the Hub copy of Laptop14, ABSA-PyTorch): -1 / 0 / 1.
 SENTIMENT_NUMBERS = {-1: "negative", 0: "neutral", 1: "positive"}
 NUMERIC_LABELS = ("auto", "sentiment", "ids")
-NUMERIC_LABELS_HELP = ("What whole-number labels mean. auto (default): read from the numbers: -1/0/1 are "
+NUMERIC_LABELS_HELP = ("What whole-number labels mean. auto: read from the numbers: -1/0/1 are "
                        "negative/neutral/positive (by name, wherever those names are among the labels), other "
                        "numbers 0..K-1 are class ids in label-name order; numbers that could mean either (0/1 with "
                        "negative neutral positive) are refused. sentiment / ids: say which. Recorded in the model.")
@@ -383,8 +383,8 @@ def check_rebuilt_split(record: dict | None, model: str, split: str, rows, sourc
     problem = (f"the {split} split ({len(rows)} rows) is not the one {model} was "
                f"{'trained' if split == 'train' else 'selected'} on ({record['rows'].get(split)} rows)")
     if carved:
-        raise DataError(source, f"{problem}: other train data than training's, so the carve differs; give the "
-                        f"split with --{split}_file")
+        raise DataError(source, f"{problem}: the train data (or scikit-learn's carve) differ from training's; give "
+                        f"the split with --{split}_file")
     logger.warning("note: %s: %s", source, problem)
 
 
