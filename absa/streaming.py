@@ -98,7 +98,9 @@ def check_tsv_cells(rows, file) -> None:
 
 
 def write_bytes_atomically(path: Path, data: bytes) -> None:
-    """Written beside `path`, flushed to disk, renamed into place: `path` is complete or absent."""
+    """Written beside `path` (its folder made if need be), flushed to disk, renamed into place: `path` is complete or
+    absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "wb") as handle:
         handle.write(data)
