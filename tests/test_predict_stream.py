@@ -4,6 +4,7 @@ partial-file rule, one verdict for bad rows before the model loads, several proc
 Small inputs with a small --chunk_size, on the tiny models of tests/tiny_models.py (fixtures of test_use_absa.py).
 """
 
+import csv
 import json
 import os
 import signal
@@ -40,7 +41,9 @@ def read_table(path: Path) -> list[dict]:
         return base.read_jsonl(path)
     if path.suffix == ".parquet":
         return pd.read_parquet(path).to_dict("records")
-    return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", keep_default_na=False).to_dict("records")
+    tsv = path.suffix == ".tsv"  # TSV: no quoting (a quote character is a character)
+    return pd.read_csv(path, sep="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL,
+                       keep_default_na=False).to_dict("records")
 
 
 def write_input(rows: list[dict], path: Path) -> Path:
@@ -48,7 +51,7 @@ def write_input(rows: list[dict], path: Path) -> Path:
     if path.suffix == ".csv":
         frame.to_csv(path, index=False)
     elif path.suffix == ".tsv":
-        frame.to_csv(path, index=False, sep="\t")
+        frame.to_csv(path, index=False, sep="\t", quoting=csv.QUOTE_NONE)  # TSV has no quoting
     elif path.suffix == ".parquet":
         frame.to_parquet(path)
     elif path.suffix == ".json":

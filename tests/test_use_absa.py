@@ -333,7 +333,8 @@ def test_predict_command_line(model_dir, expected, tmp_path, capsys):
     assert [(r["aspect"], r["start"]) for r in rows] == [("battery", 26), ("screen", 4), ("screen", 4),
                                                          ("battery", 26)]
     predictor = AbsaPredictor.from_pretrained(model_dir, device="cpu", dtype="fp32")
-    api = predictor.predict([SCREEN_TWICE] * 2, ["battery", "screen"])
+    with pytest.warns(UserWarning, match="first: input 2"):  # SCREEN_TWICE has two screens
+        api = predictor.predict([SCREEN_TWICE] * 2, ["battery", "screen"])
     assert [r["predicted_label"] for r in rows[:2]] == [p["label"] for p in api]
     assert [r["predicted_label"] for r in rows[2:]] == [p["label"] for p in api][::-1]  # same text once unmarked
 
