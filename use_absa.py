@@ -527,7 +527,7 @@ def spans_of_chunk(chunk, file) -> list[AspectSpan]:
     for label, row in chunk:
         try:
             spans.append(resolve_aspect(row.get("text"), row.get("aspect"), row.get("start"), row.get("end"),
-                                        row.get("occurrence")))
+                                        row.get("occurrence"), row.get("spans")))
         except AspectError as error:
             raise DataError(file, str(error), row=label, field=error.field) from None
     return spans

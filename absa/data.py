@@ -11,6 +11,7 @@ really? $T$ ..."): the same target at each place, so each is a span and the aspe
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import xml.etree.ElementTree as ElementTree
@@ -122,12 +123,11 @@ def _normalise_row(record: dict, file, row_label, label_names) -> dict | None:
                         f"{' or -1 / 0 / 1' if len(label_names) == 3 else ''})", row=row_label, field="label")
     given = record.get("spans")  # every occurrence: the `$T$` reader gives them (JSONL and Parquet may too)
     if not is_missing(given):
-        given = getattr(given, "tolist", lambda: given)()  # a numpy array from Parquet
-        if isinstance(given, str) or not given or not all(
-                isinstance(span, (list, tuple)) and len(span) == 2 for span in given):
+        pairs = span_pairs(given)
+        if pairs is None:
             raise DataError(file, f"must be a non-empty list of [start, end] pairs, got {given!r:.80}", row=row_label,
                             field="spans")
-        spans = sorted(_checked_offsets(text, aspect, *span, file, row_label) for span in given)
+        spans = sorted(_checked_offsets(text, aspect, *span, file, row_label) for span in pairs)
         given_start = (record.get("start"), record.get("end"))
         if not all(map(is_missing, given_start)) and _checked_offsets(text, aspect, *given_start, file,
                                                                        row_label) not in spans:
@@ -141,6 +141,21 @@ def _normalise_row(record: dict, file, row_label, label_names) -> dict | None:
         spans = [_checked_offsets(text, aspect, record.get("start"), record.get("end"), file, row_label)]
     return {"text": text, "aspect": aspect, "start": spans[0][0], "end": spans[0][1],
             "spans": [list(span) for span in spans], "label": label}
+
+
+def span_pairs(value) -> list[tuple] | None:
+    """The [start, end] pairs of a `spans` value: a list (JSONL, Parquet) or its JSON text (a CSV or TSV cell, as
+    use_absa.py writes one); None when it is not a non-empty list of pairs."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    value = getattr(value, "tolist", lambda: value)()  # numpy, as pandas reads Parquet
+    pair = (lambda span: hasattr(span, "__len__") and not isinstance(span, (str, dict)) and len(span) == 2)
+    if not isinstance(value, (list, tuple)) or not value or not all(map(pair, value)):
+        return None
+    return [tuple(span) for span in value]
 
 
 def _checked_offsets(text: str, aspect: str, start, end, file, row_label) -> tuple[int, int]:

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from .aspects import AspectCollator, encode_aspect_batch
 from .batches import text_groups
-from .data import find_occurrences
+from .data import find_occurrences, span_pairs
 from .files import is_missing
 from .launch import bf16_is_native
 from .model import AbsaClassifier, load_tokenizer
@@ -112,11 +112,13 @@ class AspectSpan:
 
 
 def resolve_aspect(text: str, aspect: str | None = None, start=None, end=None,
-                   occurrence: int | None = None) -> AspectSpan:
+                   occurrence: int | None = None, spans=None) -> AspectSpan:
     """Place one aspect in `text`: by offsets, else by markers, else by searching (the `occurrence`-th, 1-based).
 
     With markers and an aspect, the marked aspect with that wording is taken (several marked aspects need the
-    aspect to say which). Raises `AspectError` naming what is wrong.
+    aspect to say which). `spans`, every [start, end] of an aspect named at several places (a `$T$` record, as
+    absa.data reads it for training and evaluation), places it at all of them; start/end, if given too, must be one.
+    Raises `AspectError` naming what is wrong.
     """
     if is_missing(text, text=True):
         raise AspectError("the text is missing or empty", "text")
@@ -125,17 +127,20 @@ def resolve_aspect(text: str, aspect: str | None = None, start=None, end=None,
     occurrence = None if is_missing(occurrence) else _whole_number(occurrence, "occurrence")
     if occurrence is not None and occurrence < 1:
         raise AspectError(f"occurrence counts from 1, got {occurrence}", "occurrence")
-    if not (is_missing(start) and is_missing(end)):
-        if marked:
-            raise AspectError("give the aspect either with [B-ASP]...[E-ASP] markers or with start/end, not both",
-                              "start")
-        start, end = _whole_number(start, "start"), _whole_number(end, "start")
-        if not 0 <= start < end <= len(clean):
-            raise AspectError(f"the offsets {start}:{end} are outside the text ({len(clean)} characters)", "start")
-        if aspect is not None and clean[start:end].strip() != aspect:
-            raise AspectError(f"the offsets {start}:{end} give {clean[start:end]!r}, not the aspect {aspect!r}",
-                              "start")
-        return AspectSpan(clean, start, end)
+    offsets = not (is_missing(start) and is_missing(end))
+    if (offsets or not is_missing(spans)) and marked:
+        raise AspectError("give the aspect either with [B-ASP]...[E-ASP] markers or with start/end, not both",
+                          "start" if offsets else "spans")
+    if not is_missing(spans):
+        pairs = span_pairs(spans)
+        if pairs is None:
+            raise AspectError(f"spans must be a non-empty list of [start, end] pairs, got {spans!r:.80}", "spans")
+        placed = sorted({_offsets_of(clean, aspect, *span, field="spans") for span in pairs})
+        if offsets and _offsets_of(clean, aspect, start, end) not in placed:
+            raise AspectError(f"start/end {start}:{end} is not one of the spans {[list(s) for s in placed]}", "start")
+        return AspectSpan(clean, *placed[0], spans=tuple(placed))
+    if offsets:
+        return AspectSpan(clean, *_offsets_of(clean, aspect, start, end))
     if marked:
         if aspect is None:
             if len(marked) > 1:
@@ -155,6 +160,16 @@ def resolve_aspect(text: str, aspect: str | None = None, start=None, end=None,
     return AspectSpan(clean, *_nth(found, occurrence, aspect), len(found), len(found) > 1 and not occurrence)
 
 
+def _offsets_of(clean: str, aspect: str | None, start, end, field: str = "start") -> tuple[int, int]:
+    """Offsets from a file or a caller, checked against the text and the aspect."""
+    start, end = _whole_number(start, field), _whole_number(end, field)
+    if not 0 <= start < end <= len(clean):
+        raise AspectError(f"the offsets {start}:{end} are outside the text ({len(clean)} characters)", field)
+    if aspect is not None and clean[start:end].strip() != aspect:
+        raise AspectError(f"the offsets {start}:{end} give {clean[start:end]!r}, not the aspect {aspect!r}", field)
+    return start, end
+
+
 def _whole_number(value, field: str) -> int:
     """An offset or occurrence from JSON, CSV ("4", or "4.0" when pandas wrote a column with gaps) or Parquet."""
     try:
@@ -163,7 +178,8 @@ def _whole_number(value, field: str) -> int:
             return int(number)
     except (TypeError, ValueError):
         pass
-    what = "start and end must be whole numbers" if field == "start" else f"{field} must be a whole number"
+    what = ("start and end must be whole numbers" if field == "start" else "spans must hold whole numbers"
+            if field == "spans" else f"{field} must be a whole number")
     raise AspectError(f"{what}, got {value!r}", field)
 
 

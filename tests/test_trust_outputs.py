@@ -217,3 +217,36 @@ def test_evaluations_of_different_data_do_not_collide(model_dir, tmp_path, capsy
     # The same data again is still refused without --overwrite.
     assert "already exists" in base.exit_message(["evaluate", model_dir, "--dataset", base.SAMPLE, "--output_dir",
                                                   tmp_path])
+
+
+# --------------------------------------------------------------------------- extra pass: a `spans` column
+
+
+def test_predict_places_the_aspect_at_every_span_as_evaluate_does(model_dir, tmp_path):
+    from absa.aspects import AspectCollator
+    from absa.predict import AspectSpan, encode_spans, softmax
+
+    text = "obama is back, really? obama yes"
+    rows = [{"text": text, "aspect": "obama", "spans": [[23, 28], [0, 5]], "label": "positive"},
+            {"text": text, "aspect": "obama", "label": "positive"}]
+    model, tokenizer = load_absa_model(model_dir)
+
+    def direct(span):
+        batch = AspectCollator(tokenizer)(encode_spans(tokenizer, [span], 128))
+        batch.pop("labels")
+        return softmax(model(**batch).detach().numpy())[0]
+    both, first = direct(AspectSpan(text, 0, 5, spans=((0, 5), (23, 28)))), direct(AspectSpan(text, 0, 5))
+    assert np.abs(both - first).max() > 1e-3  # the second mention matters to this model
+    for suffix in (".jsonl", ".parquet"):
+        source = write_input(rows, tmp_path / f"in{suffix}")
+        for output in (tmp_path / f"out{suffix}.csv", tmp_path / f"out{suffix}.jsonl"):
+            predict(model_dir, source, output)
+            written = read_table(output)
+            np.testing.assert_allclose([float(written[0][c]) for c in LABEL_COLUMNS[1:]], both, atol=1e-5)
+            np.testing.assert_allclose([float(written[1][c]) for c in LABEL_COLUMNS[1:]], first, atol=1e-5)
+            again = tmp_path / f"again{suffix}{output.suffix}"
+            predict(model_dir, output, again)  # the spans column read back (JSON text in a CSV cell)
+            assert [r["predicted_label"] for r in read_table(again)] == [r["predicted_label"] for r in written]
+    message = base.exit_message(["predict", model_dir, "--input", write_input(
+        [dict(rows[0], spans=[[1, 5]])], tmp_path / "bad.jsonl"), "--output", tmp_path / "bad.csv"])
+    assert "bad.jsonl, line 1, field 'spans': the offsets 1:5 give 'bama', not the aspect 'obama'" in message
