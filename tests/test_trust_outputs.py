@@ -222,13 +222,14 @@ def test_evaluations_of_different_data_do_not_collide(model_dir, tmp_path, capsy
 # --------------------------------------------------------------------------- extra pass: a `spans` column
 
 
-def test_predict_places_the_aspect_at_every_span_as_evaluate_does(model_dir, tmp_path):
+def test_predict_places_the_aspect_at_every_span_as_evaluate_does(absa_dirs, tmp_path):
     from absa.aspects import AspectCollator
     from absa.predict import AspectSpan, encode_spans, softmax
 
     text = "obama is back, really? obama yes"
     rows = [{"text": text, "aspect": "obama", "spans": [[23, 28], [0, 5]], "label": "positive"},
             {"text": text, "aspect": "obama", "label": "positive"}]
+    model_dir = absa_dirs["bert"]  # a model to which the second mention matters (checked below)
     model, tokenizer = load_absa_model(model_dir)
 
     def direct(span):
@@ -236,7 +237,7 @@ def test_predict_places_the_aspect_at_every_span_as_evaluate_does(model_dir, tmp
         batch.pop("labels")
         return softmax(model(**batch).detach().numpy())[0]
     both, first = direct(AspectSpan(text, 0, 5, spans=((0, 5), (23, 28)))), direct(AspectSpan(text, 0, 5))
-    assert np.abs(both - first).max() > 1e-3  # the second mention matters to this model
+    assert np.abs(both - first).max() > 0.1
     for suffix in (".jsonl", ".parquet"):
         source = write_input(rows, tmp_path / f"in{suffix}")
         for output in (tmp_path / f"out{suffix}.csv", tmp_path / f"out{suffix}.jsonl"):
