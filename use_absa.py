@@ -64,7 +64,9 @@ PREDICT_HELP = f"""Predict the sentiment towards each aspect.
 `aspect` column; optional `start`/`end` character offsets, or an `occurrence` column (1-based) when the
 aspect occurs more than once; or the aspect marked in the text as {MARK_START}...{MARK_END}.
 --output FILE (.jsonl, .csv, .tsv or .parquet, by extension) gets one row per input row, in input order:
-the input columns, start/end (in the text without markers), predicted_label and prob_LABEL for every class.
+the input columns, then predicted_label and prob_LABEL for every class. Its text (without markers), aspect
+(as it is in the text), start and end say exactly what was classified: an output reads back as an input.
+TSV has no quoting: a cell with a tab or line break is refused (write .csv, .jsonl or .parquet).
 
 Large files stream: every row is checked first (one-line error naming the row, before the model loads),
 then the file is predicted --chunk_size rows at a time; each finished chunk is a file in OUTPUT.partial/,
