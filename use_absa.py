@@ -469,6 +469,8 @@ def predict_file(args, accelerator: Accelerator) -> None:
 def check_file_output(args, output: Path, partial: PartialOutput) -> None:
     """A known output type, no finished output in the way, and an unfinished one only with --resume or --overwrite."""
     check_output(output, args.overwrite, OUTPUT_TYPES)
+    if output.exists() and output.resolve() == Path(args.input).resolve():
+        raise SystemExit(f"{output} is the input; write the predictions to another file")
     if partial.folder.exists() and not partial.folder.is_dir():
         raise SystemExit(f"{partial.folder} is in the way of the chunk folder; move it")
     if partial.folder.exists() and not (args.resume or args.overwrite):

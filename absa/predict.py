@@ -122,7 +122,10 @@ def resolve_aspect(text: str, aspect: str | None = None, start=None, end=None,
     """
     if is_missing(text, text=True):
         raise AspectError("the text is missing or empty", "text")
-    clean, marked = parse_marked_text(str(text))
+    for value, field in ((text, "text"), (aspect, "aspect")):
+        if not (isinstance(value, str) or is_missing(value, text=True)):  # not str(): a list would become "['a']"
+            raise AspectError(f"the {field} must be a string, got {type(value).__name__} {value!r:.80}", field)
+    clean, marked = parse_marked_text(text)
     aspect = None if is_missing(aspect, text=True) else str(aspect).strip()
     occurrence = None if is_missing(occurrence) else _whole_number(occurrence, "occurrence")
     if occurrence is not None and occurrence < 1:

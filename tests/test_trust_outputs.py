@@ -203,6 +203,20 @@ def test_empty_or_broken_spans_are_named(model_dir, tmp_path):
         assert f"test{suffix}, {row}, field 'spans': must be a non-empty list of [start, end] pairs" in message
 
 
+def test_a_list_or_number_is_no_text_and_the_input_is_no_output(model_dir, tmp_path):
+    # str() would make ["The screen"] the text "['The screen']" and classify that.
+    rows = [{"text": "The screen", "aspect": "screen"}, {"text": ["The screen"], "aspect": "screen"},
+            {"text": "The 5 screen", "aspect": 5}]
+    for line, field in [(2, "text"), (3, "aspect")]:
+        source = write_input([rows[0], rows[line - 1]], tmp_path / f"in{line}.jsonl")
+        message = base.exit_message(["predict", model_dir, "--input", source, "--output", tmp_path / "out.csv"])
+        assert f"in{line}.jsonl, line 2, field '{field}': the {field} must be a string" in message
+    source = write_input(rows[:1], tmp_path / "same.csv")
+    assert "is the input" in base.exit_message(["predict", model_dir, "--input", source, "--output", source,
+                                                "--overwrite"])
+    assert read_rows(source)[0][1] == {"text": "The screen", "aspect": "screen"}
+
+
 # --------------------------------------------------------------------------- point 12: outputs named after the data
 
 
@@ -251,3 +265,26 @@ def test_predict_places_the_aspect_at_every_span_as_evaluate_does(absa_dirs, tmp
     message = base.exit_message(["predict", model_dir, "--input", write_input(
         [dict(rows[0], spans=[[1, 5]])], tmp_path / "bad.jsonl"), "--output", tmp_path / "bad.csv"])
     assert "bad.jsonl, line 1, field 'spans': the offsets 1:5 give 'bama', not the aspect 'obama'" in message
+
+
+# --------------------------------------------------------------------------- extra pass: two processes
+
+
+@pytest.mark.multiprocess
+def test_two_processes_write_the_same_odd_tsv_and_one_verdict(model_dir, tmp_path):
+    from test_predict_stream import TORCHRUN
+
+    source = write_input(ODD_ROWS, tmp_path / "odd.parquet")
+    one, two = tmp_path / "one.tsv", tmp_path / "two.tsv"
+    predict(model_dir, source, one, "--chunk_size", 2)
+    run = base.run_script(["predict", model_dir, "--input", source, "--output", two, *FP32, "--chunk_size", 2],
+                          launcher=TORCHRUN, ACCELERATE_USE_CPU="true")
+    assert run.returncode == 0 and "with 2 process(es)" in run.stdout, run.stderr[-3000:]
+    assert one.read_bytes() == two.read_bytes()
+    assert [row[:4] for row in identified(read_table(two))] == [(t, t[s:e], s, e) for t, s, e in ODD_SPANS]
+    # A cell TSV cannot hold, in the chunk the second process checks: one line, once, before any prediction.
+    bad = write_input([ODD_ROWS[0], dict(ODD_ROWS[0], note="a\tb")], tmp_path / "bad.jsonl")
+    run = base.run_script(["predict", model_dir, "--input", bad, "--output", tmp_path / "bad.tsv", "--chunk_size", 1],
+                          launcher=TORCHRUN, ACCELERATE_USE_CPU="true")
+    assert run.returncode != 0 and run.stderr.count("bad.jsonl, line 2, field 'note'") == 1, run.stderr[-3000:]
+    assert not (tmp_path / "bad.tsv").exists() and not (tmp_path / "bad.tsv.partial").exists()
