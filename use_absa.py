@@ -48,9 +48,9 @@ from absa.launch import check_distributed_setup
 from absa.metrics import single_label_metrics
 from absa.model import WEIGHTS_NAME, load_tokenizer
 from absa.predict import (DTYPES, MARK_END, MARK_START, AspectError, AspectSpan, autocast, check_max_length,
-                          default_max_length, encode_spans, in_input_order, label_names_of, length_sorted_loader, load_absa_model,
-                          parse_marked_text, read_absa_config, read_label_names, resolve_aspect, resolve_dtype,
-                          softmax)
+                          default_max_length, encode_spans, in_input_order, label_names_of, length_sorted_loader,
+                          load_absa_model, parse_marked_text, read_absa_config, read_label_names, resolve_aspect,
+                          resolve_dtype, softmax)
 from absa.reports import plot_confusion_matrix, write_json
 from absa.training import end_run
 from absa.streaming import (OUTPUT_TYPES, PartialOutput, check_tsv_cells, infer_schema, read_chunks, table_bytes,

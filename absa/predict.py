@@ -206,9 +206,9 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | str) -
 
     auto is bf16 on CUDA GPUs with native bf16 (Ampere and newer) and on CPUs with native bf16 arithmetic
     (AVX512-BF16 or AMX-BF16, as `torch.cpu.get_capabilities()` reports); fp32 elsewhere. Without native support bf16
-    is emulated and slower than fp32, so an explicit bf16 there (GPU or CPU) is refused. bf16 runs under autocast: weights
-    stay fp32, matrix products run in bf16, softmax and layer norms in fp32, so probabilities move by about 1e-2 at
-    most against fp32.
+    is emulated and slower than fp32, so an explicit bf16 there (GPU or CPU) is refused. bf16 runs under autocast:
+    weights stay fp32, matrix products run in bf16, softmax and layer norms in fp32, so probabilities move by about
+    1e-2 at most against fp32.
     """
     device = torch.device(device)
     if isinstance(dtype, torch.dtype):

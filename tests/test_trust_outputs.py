@@ -154,7 +154,8 @@ def test_output_paths_are_checked_before_any_work(model_dir, input_jsonl, tmp_pa
         raise AssertionError("the model was loaded before the output was checked")
     monkeypatch.setattr(use_absa, "load_absa_model", no_model)
     for argv, problem in [
-            (["predict", model_dir, "--input", input_jsonl, "--output", folder, "--overwrite"], "adir.jsonl is a folder"),
+            (["predict", model_dir, "--input", input_jsonl, "--output", folder, "--overwrite"],
+             "adir.jsonl is a folder"),
             (["predict", model_dir, *text, "--output", folder, "--overwrite"], "adir.jsonl is a folder"),
             (["predict", model_dir, *text, "--output", tmp_path / "afile" / "x.csv"], "cannot write in"),
             (["evaluate", model_dir, "--test_file", base.SAMPLE / "test.jsonl", "--output_dir", tmp_path / "afile"],
