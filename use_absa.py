@@ -47,14 +47,14 @@ from absa.files import NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError, check_reb
 from absa.launch import check_distributed_setup
 from absa.metrics import single_label_metrics
 from absa.model import WEIGHTS_NAME, load_tokenizer
-from absa.predict import (DTYPES, MARK_END, MARK_START, AspectError, AspectSpan, autocast, default_max_length,
-                          encode_spans, in_input_order, label_names_of, length_sorted_loader, load_absa_model,
-                          parse_marked_text, read_absa_config, resolve_aspect, resolve_dtype,
-                          softmax)
+from absa.predict import (DTYPES, MARK_END, MARK_START, AspectError, AspectSpan, autocast, check_max_length,
+                          default_max_length, encode_spans, in_input_order, label_names_of, length_sorted_loader,
+                          load_absa_model, parse_marked_text, read_absa_config, resolve_aspect,
+                          resolve_dtype, softmax)
 from absa.reports import plot_confusion_matrix, write_json
 from absa.training import end_run
-from absa.streaming import (OUTPUT_TYPES, PartialOutput, infer_schema, read_chunks, table_bytes, unify_schemas,
-                            write_bytes_atomically)
+from absa.streaming import (OUTPUT_TYPES, PartialOutput, check_tsv_cells, infer_schema, read_chunks, table_bytes,
+                            unify_schemas, write_bytes_atomically)
 
 # --------------------------------------------------------------------------- arguments
 
@@ -64,7 +64,9 @@ PREDICT_HELP = f"""Predict the sentiment towards each aspect.
 `aspect` column; optional `start`/`end` character offsets, or an `occurrence` column (1-based) when the
 aspect occurs more than once; or the aspect marked in the text as {MARK_START}...{MARK_END}.
 --output FILE (.jsonl, .csv, .tsv or .parquet, by extension) gets one row per input row, in input order:
-the input columns, start/end (in the text without markers), predicted_label and prob_LABEL for every class.
+the input columns, then predicted_label and prob_LABEL for every class. Its text (without markers), aspect
+(as it is in the text), start and end say exactly what was classified: an output reads back as an input.
+TSV has no quoting: a cell with a tab or line break is refused (write .csv, .jsonl or .parquet).
 
 Large files stream: every row is checked first (one-line error naming the row, before the model loads),
 then the file is predicted --chunk_size rows at a time; each finished chunk is a file in OUTPUT.partial/,
@@ -111,8 +113,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         "evaluate", parents=[common], formatter_class=formatter,
         help="accuracy, macro-F1, per-class report and confusion matrix on a labelled split",
         description="Score the model on a labelled split. Prints accuracy, macro-F1, the per-class report and the\n"
-                    "confusion matrix, and writes them to OUTPUT_DIR/evaluation_SPLIT.json and\n"
-                    "OUTPUT_DIR/evaluation_SPLIT_confusion_matrix.png.")
+                    "confusion matrix, and writes them to OUTPUT_DIR/evaluation_NAME.json and\n"
+                    "OUTPUT_DIR/evaluation_NAME_confusion_matrix.png, NAME saying what was evaluated: a file's\n"
+                    "folder and name (data/contrastive/test.jsonl: contrastive_test), else the dataset's name\n"
+                    "and the split (--dataset ../shared/data/semeval2014_laptops: semeval2014_laptops_test).")
     evaluate.add_argument("--dataset", default=None, help="a folder (train/test files: JSONL, CSV, Parquet, "
                           "SemEval XML, $T$ format), one such file (evaluated whole; with --split train or "
                           "validation, the train file of training), or a Hub dataset name")
@@ -229,9 +233,15 @@ def decided_by_main(accelerator: Accelerator, decide):
 
 
 def check_output(path: Path, overwrite: bool, types=None) -> Path:
-    """Refuse an unknown output type or an existing file before any work is done."""
+    """Refuse, before any work is done, an unknown output type, a folder in the output's place, a file or a folder
+    without write permission on its way, and an existing file (unless `overwrite`)."""
     if types and path.suffix.lower() not in types:
         raise SystemExit(f"{path}: unknown output type '{path.suffix}' (expected {', '.join(types)})")
+    if path.is_dir():
+        raise SystemExit(f"{path} is a folder; name a file to write")
+    folder = next(folder for folder in path.absolute().parents if folder.exists())  # the missing ones are made
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise SystemExit(f"{path}: cannot write in {folder} ({'a file' if not folder.is_dir() else 'no permission'})")
     if path.exists() and not overwrite:
         raise SystemExit(f"{path} already exists; pass --overwrite to replace it")
     return path
@@ -243,8 +253,12 @@ def load_tokenizer_of(args) -> tuple[object, int, str]:
     is the one it was trained on (absa.aspects.INPUT_FORMATS)."""
     config = read_absa_config(args.model)  # first: says so if it is no ABSA model folder
     tokenizer = load_tokenizer(args.model)
-    return (tokenizer, args.max_length or default_max_length(tokenizer, config.get("absa_max_length")),
-            config.get("absa_input_format", "td_bert"))
+    max_length = args.max_length or default_max_length(tokenizer, config.get("absa_max_length"))
+    try:
+        check_max_length(max_length, config)
+    except ValueError as error:
+        raise SystemExit(f"{'--max_length' if args.max_length else args.model}: {error}") from None
+    return tokenizer, max_length, config.get("absa_input_format", "td_bert")
 
 
 def compute_dtype(args, accelerator: Accelerator) -> torch.dtype:
@@ -287,10 +301,10 @@ def chunk_logits(accelerator: Accelerator, model, tokenizer, spans, max_length: 
 
 def evaluate(args, accelerator: Accelerator) -> dict:
     output_dir = Path(args.output_dir) if args.output_dir else Path(args.model).resolve().parent
-    split_name = Path(args.dataset).stem if whole_file_dataset(args) else args.split
+    name = evaluation_name(args)
     json_path, png_path = decided_by_main(accelerator, lambda: [
-        check_output(output_dir / f"evaluation_{split_name}.json", args.overwrite),
-        check_output(output_dir / f"evaluation_{split_name}_confusion_matrix.png", args.overwrite)])
+        check_output(output_dir / f"evaluation_{name}.json", args.overwrite),
+        check_output(output_dir / f"evaluation_{name}_confusion_matrix.png", args.overwrite)])
 
     # Data first, so that a problem in it shows before a large model loads; label ids in the model's order.
     rows, where = read_split(args, read_absa_config(args.model))
@@ -320,7 +334,7 @@ def evaluate(args, accelerator: Accelerator) -> dict:
 
     # Write: metrics are computed from the gathered outputs of all processes, on the main process.
     metrics = single_label_metrics(logits, labels, label_names)
-    results = {"model": str(args.model), "data": where, "split": split_name, "label_names": label_names,
+    results = {"model": str(args.model), "data": where, "split": args.split, "label_names": label_names,
                **metrics, **facts,
                "batch_size": args.batch_size, "max_length": max_length,
                "versions": {"python": platform.python_version(), "torch": torch.__version__,
@@ -329,7 +343,7 @@ def evaluate(args, accelerator: Accelerator) -> dict:
         print(metrics_report(metrics, labels, logits.argmax(axis=-1), label_names))
         write_json(json_path, results)
         plot_confusion_matrix(metrics["confusion_matrix"], label_names, png_path,
-                              title=f"Confusion matrix ({split_name}, {len(logits)} examples)")
+                              title=f"Confusion matrix ({name}, {len(logits)} examples)")
         print(speed_line(facts))
         print(f"wrote {json_path} and {png_path}")
     end_run()
@@ -342,6 +356,27 @@ def whole_file_dataset(args) -> bool:
     return bool(args.dataset) and Path(args.dataset).is_file() and args.split == "test"
 
 
+def split_file(args) -> str | None:
+    """The one file that is the split to evaluate (--SPLIT_file, or a --dataset file evaluated whole), None for a
+    split of a folder, of a Hub dataset, or carved from a train file."""
+    return getattr(args, f"{args.split}_file") or (args.dataset if whole_file_dataset(args) else None)
+
+
+def evaluation_name(args) -> str:
+    """What was evaluated, as the output files name it: a file by its folder and stem (`contrastive_test` for
+    data/contrastive/test.jsonl), a folder or Hub dataset by its name and the split (`semeval2014_laptops_test`),
+    a split carved from a train file by that file and the split (`sample_laptops_train_validation`)."""
+    single = split_file(args)
+    if single:
+        return f"{Path(single).resolve().parent.name}_{Path(single).stem}"
+    if not args.dataset:
+        return f"data_{args.split}"
+    dataset = Path(args.dataset)
+    if dataset.is_file():
+        return f"{dataset.resolve().parent.name}_{dataset.stem}_{args.split}"
+    return f"{dataset.resolve().name}_{args.split}"
+
+
 def read_split(args, config: dict) -> tuple[list[dict], str]:
     """Rows (text, aspect, start, end, label id) of the split to evaluate, and a description of where from.
 
@@ -350,7 +385,7 @@ def read_split(args, config: dict) -> tuple[list[dict], str]:
     label_names = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
     numeric_labels = args.numeric_labels or config.get("absa_numeric_labels") or "auto"
     record = config.get("absa_validation_split")
-    single = getattr(args, f"{args.split}_file") or (args.dataset if whole_file_dataset(args) else None)
+    single = split_file(args)
     if single:
         # One file is the whole split. load_absa_splits would take it as a train split and carve a validation
         # share off it.
@@ -409,7 +444,7 @@ def predict_file(args, accelerator: Accelerator) -> None:
 
     # Data: every row checked before the model loads (each process checks some of the chunks).
     tokenizer, max_length, input_format = load_tokenizer_of(args)
-    survey = survey_input(args, accelerator, tokenizer, max_length, input_format, parquet=partial.suffix == ".parquet")
+    survey = survey_input(args, accelerator, tokenizer, max_length, input_format, partial.suffix)
     if survey["ambiguous"] and accelerator.is_main_process:
         print(f"note: {args.input}: in {survey['ambiguous']} row(s) (first: {survey['first_ambiguous']}) the aspect "
               "occurs more than once; the first occurrence was used (add start/end or an `occurrence` column, or "
@@ -468,6 +503,10 @@ def predict_file(args, accelerator: Accelerator) -> None:
 def check_file_output(args, output: Path, partial: PartialOutput) -> None:
     """A known output type, no finished output in the way, and an unfinished one only with --resume or --overwrite."""
     check_output(output, args.overwrite, OUTPUT_TYPES)
+    if output.exists() and output.resolve() == Path(args.input).resolve():
+        raise SystemExit(f"{output} is the input; write the predictions to another file")
+    if partial.folder.exists() and not partial.folder.is_dir():
+        raise SystemExit(f"{partial.folder} is in the way of the chunk folder; move it")
     if partial.folder.exists() and not (args.resume or args.overwrite):
         started = partial.started_run() or {}
         raise SystemExit(f"{partial.folder} holds an unfinished run ({len(partial.done_chunks())} of "
@@ -476,14 +515,15 @@ def check_file_output(args, output: Path, partial: PartialOutput) -> None:
 
 
 def survey_input(args, accelerator: Accelerator, tokenizer, max_length: int, input_format: str,
-                 parquet: bool) -> dict:
+                 output_suffix: str) -> dict:
     """Every row placed in its text and its aspect checked against the tokenizer (chunk i by process i mod N); one
     verdict for all.
 
     Returns the number of rows and chunks, the input columns (first seen first), the Arrow schema of the rows (for a
-    Parquet output), and how many rows have an aspect that occurs more than once. The first bad row of the file is a
-    DataError on every process.
+    Parquet output), and how many rows have an aspect that occurs more than once. The first bad row of the file (for a
+    TSV output also a cell with a tab or line break) is a DataError on every process.
     """
+    parquet = output_suffix == ".parquet"
     mine = {"rows": 0, "chunks": 0, "columns": {}, "schemas": {}, "ambiguous": [], "error": None}
     try:
         for index, chunk in enumerate(read_chunks(args.input, args.chunk_size)):
@@ -491,6 +531,8 @@ def survey_input(args, accelerator: Accelerator, tokenizer, max_length: int, inp
                 labels = [label for label, _ in chunk]
                 spans = spans_of_chunk(chunk, args.input)
                 check_tokens(tokenizer, spans, labels, max_length, input_format, args.input)
+                if output_suffix == ".tsv":
+                    check_tsv_cells(chunk, args.input)
                 mine["columns"][index] = list(dict.fromkeys(key for _, row in chunk for key in row))
                 ambiguous = [label for label, span in zip(labels, spans) if span.ambiguous]
                 if ambiguous:
@@ -523,7 +565,7 @@ def spans_of_chunk(chunk, file) -> list[AspectSpan]:
     for label, row in chunk:
         try:
             spans.append(resolve_aspect(row.get("text"), row.get("aspect"), row.get("start"), row.get("end"),
-                                        row.get("occurrence")))
+                                        row.get("occurrence"), row.get("spans")))
         except AspectError as error:
             raise DataError(file, str(error), row=label, field=error.field) from None
     return spans
@@ -607,7 +649,7 @@ def output_schema(input_schema: pa.Schema, columns: list[str]) -> pa.Schema:
     def type_of(column):
         if column in ("start", "end"):
             return pa.int64()
-        if column == "predicted_label":
+        if column in ("text", "aspect", "predicted_label"):
             return pa.string()
         if column.startswith("prob_"):
             return pa.float64()
@@ -616,10 +658,14 @@ def output_schema(input_schema: pa.Schema, columns: list[str]) -> pa.Schema:
 
 
 def prediction_row(row: dict, span, label_names, probabilities) -> dict:
-    """The input row, then where the aspect is, the predicted label and every class's probability."""
+    """The input row, then where the aspect is, the predicted label and every class's probability.
+
+    `text`, `aspect`, `start` and `end` say exactly what was classified, so that the row can be read back as input:
+    the text without markers, the aspect as it is in the text (`text[start:end]`, "Screen" for an input "screen").
+    """
     result = dict(row)
-    result.setdefault("aspect", span.aspect)
-    result.update(start=span.start, end=span.end, predicted_label=label_names[int(np.argmax(probabilities))])
+    result.update(text=span.text, aspect=span.aspect, start=span.start, end=span.end,
+                  predicted_label=label_names[int(np.argmax(probabilities))])
     result.update({f"prob_{name}": round(float(p), 6) for name, p in zip(label_names, probabilities)})
     return result
 
@@ -636,6 +682,8 @@ def predict_command_line(args, accelerator: Accelerator) -> None:
 def predict_texts(args, accelerator: Accelerator) -> None:
     output = check_output(Path(args.output), args.overwrite, OUTPUT_TYPES) if args.output else None
     spans = spans_of_command_line(args.text, args.aspect, args.occurrence)
+    if output and output.suffix.lower() == ".tsv":
+        check_tsv_cells([(f"prediction {n}", {"text": s.text}) for n, s in enumerate(spans, start=1)], output)
     tokenizer, max_length, input_format = load_tokenizer_of(args)
     dtype = compute_dtype(args, accelerator)
 

@@ -11,6 +11,7 @@ really? $T$ ..."): the same target at each place, so each is a span and the aspe
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import xml.etree.ElementTree as ElementTree
@@ -152,11 +153,16 @@ def _normalise_row(record: dict, file, row_label, rule: LabelRule) -> dict | Non
                         row=row_label, field="label")
     given = record.get("spans")  # every occurrence: the `$T$` reader gives them (JSONL and Parquet may too)
     if not is_missing(given):
-        try:
-            spans = sorted(_checked_offsets(text, aspect, *span, file, row_label) for span in given)
-        except TypeError:
-            raise DataError(file, f"must be a list of [start, end] pairs, got {given!r}", row=row_label,
-                            field="spans") from None
+        pairs = span_pairs(given)
+        if pairs is None:
+            raise DataError(file, f"must be a non-empty list of [start, end] pairs, got {given!r:.80}", row=row_label,
+                            field="spans")
+        spans = sorted(_checked_offsets(text, aspect, *span, file, row_label) for span in pairs)
+        given_start = (record.get("start"), record.get("end"))
+        if not all(map(is_missing, given_start)) and _checked_offsets(text, aspect, *given_start, file,
+                                                                       row_label) not in spans:
+            raise DataError(file, f"start/end {given_start[0]}:{given_start[1]} is not one of the spans "
+                            f"{[list(span) for span in spans]}", row=row_label, field="start")
     elif is_missing(record.get("start")) and is_missing(record.get("end")):
         spans = find_occurrences(text, aspect, ignore_case=False)[:1]  # training data: the aspect as written
         if not spans:
@@ -165,6 +171,21 @@ def _normalise_row(record: dict, file, row_label, rule: LabelRule) -> dict | Non
         spans = [_checked_offsets(text, aspect, record.get("start"), record.get("end"), file, row_label)]
     return {"text": text, "aspect": aspect, "start": spans[0][0], "end": spans[0][1],
             "spans": [list(span) for span in spans], "label": label}
+
+
+def span_pairs(value) -> list[tuple] | None:
+    """The [start, end] pairs of a `spans` value: a list (JSONL, Parquet) or its JSON text (a CSV or TSV cell, as
+    use_absa.py writes one); None when it is not a non-empty list of pairs."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    value = getattr(value, "tolist", lambda: value)()  # numpy, as pandas reads Parquet
+    pair = (lambda span: hasattr(span, "__len__") and not isinstance(span, (str, dict)) and len(span) == 2)
+    if not isinstance(value, (list, tuple)) or not value or not all(map(pair, value)):
+        return None
+    return [tuple(span) for span in value]
 
 
 def _checked_offsets(text: str, aspect: str, start, end, file, row_label) -> tuple[int, int]:
@@ -193,16 +214,14 @@ def _checked_offsets(text: str, aspect: str, start, end, file, row_label) -> tup
 
 
 def find_occurrences(text: str, aspect: str, ignore_case: bool = True) -> list[tuple[int, int]]:
-    """(start, end) of every occurrence of `aspect` in `text`, of the best kind found: whole words with the same
-    case, then whole words in any case, then inside words ("screen" in "touchscreen" only as a last resort)."""
+    """(start, end) of every occurrence of `aspect` in `text`, in text order: whole words (in any case unless
+    `ignore_case` is false), or, when there are none, parts of words ("screen" in "touchscreen")."""
     aspect = aspect.strip()
     if not aspect:
         return []
     escaped = re.escape(aspect)
-    whole_word = rf"(?<!\w){escaped}(?!\w)"
-    kinds = ((whole_word, 0), (whole_word, re.IGNORECASE), (escaped, 0), (escaped, re.IGNORECASE))
-    for pattern, flags in kinds if ignore_case else kinds[::2]:
-        found = [match.span() for match in re.finditer(pattern, text, flags)]
+    for pattern in (rf"(?<!\w){escaped}(?!\w)", escaped):
+        found = [match.span() for match in re.finditer(pattern, text, re.IGNORECASE if ignore_case else 0)]
         if found:
             return found
     return []

@@ -9,7 +9,6 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
-import io
 import json
 import logging
 import re
@@ -20,6 +19,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 logger = logging.getLogger(__name__)
@@ -193,10 +193,20 @@ def jsonl_row(path, line_number: int, line: str) -> dict:
 
 
 def read_rows(path: str | Path) -> list[tuple[int | str, dict]]:
-    """Rows of a JSONL / JSON / CSV / TSV / .txt (tab-separated) / Parquet file as (row label, dict) pairs.
+    """Rows of a JSONL / JSON / CSV / TSV / .txt (tab-separated) / Parquet file as (row label, dict) pairs: `iter_rows`
+    read to the end."""
+    rows = list(iter_rows(path))
+    if not rows:
+        raise DataError(path, "the file is empty (no rows)")
+    return rows
 
-    The row label is what a user finds in an editor: the line number for JSONL, CSV and TSV (the header is
-    line 1), the 1-based row for JSON lists and Parquet.
+
+def iter_rows(path: str | Path):
+    """(row label, dict) pairs of a table file, read as they are needed (JSON lists are read whole).
+
+    The row label is what a user finds in an editor: the line a row starts on for JSONL, CSV and TSV (the header is
+    line 1; a quoted CSV cell may span lines), the 1-based row for JSON lists and Parquet. CSV and TSV cells are
+    strings, as written (no NA guessing): every value is validated by the caller.
     """
     path = Path(path)
     if not path.is_file():
@@ -204,43 +214,103 @@ def read_rows(path: str | Path) -> list[tuple[int | str, dict]]:
     suffix = path.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
         raise DataError(path, f"unknown file type '{suffix}' (expected one of {', '.join(TABLE_SUFFIXES)})")
-    text = "" if suffix == ".parquet" else read_text(path)
     if suffix == ".parquet":
-        try:
-            frame = pd.read_parquet(path)
-        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
-            raise DataError(path, "the file is empty" if path.stat().st_size == 0
-                            else f"not a valid Parquet file ({error})") from None
-        rows = [(index + 1, row) for index, row in enumerate(frame.to_dict("records"))]
-    elif suffix == ".jsonl" or (suffix == ".json" and _looks_like_jsonl(text)):
-        rows = [(f"line {number}", jsonl_row(path, number, line))
-                for number, line in enumerate(text.split("\n"), start=1) if line.strip()]
-    elif suffix == ".json":
-        try:
-            data = json.loads(text or "[]")
-        except json.JSONDecodeError as error:
-            raise DataError(path, f"not valid JSON ({error.msg})", row=f"line {error.lineno}") from None
-        if isinstance(data, dict) and "data" in data:  # the {"data": [...]} layout datasets also reads
-            data = data["data"]
-        if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
-            raise DataError(path, "a .json file must hold a list of objects (or use .jsonl)")
-        rows = [(index, row) for index, row in enumerate(data, start=1)]
-    else:
-        comma = suffix == ".csv"
-        try:
-            # Strings only, no NA guessing: every value is validated by the caller. TSV files of GLUE-style
-            # corpora carry unbalanced quote characters, so TSV is read without quoting.
-            frame = pd.read_csv(io.StringIO(text), sep="," if comma else "\t", dtype=str, keep_default_na=False,
-                                quoting=csv.QUOTE_MINIMAL if comma else csv.QUOTE_NONE)
-        except pd.errors.EmptyDataError:
-            raise DataError(path, "the file is empty") from None
-        except pd.errors.ParserError as error:
-            kind = "CSV" if comma else "tab-separated"
-            raise DataError(path, f"not a valid {kind} file ({str(error).strip()})") from None
-        rows = [(f"line {index + 2}", row) for index, row in enumerate(frame.to_dict("records"))]
-    if not rows:
-        raise DataError(path, "the file is empty (no rows)")
-    return rows
+        return _parquet_rows(path)
+    if suffix == ".jsonl":
+        return _jsonl_rows(path)
+    if suffix == ".json":
+        return _json_rows(path)
+    return _delimited_rows(path, DELIMITED[suffix])
+
+
+def _decoded_lines(path: Path):
+    """(line number, line) of a UTF-8 text file, line ends kept, a BOM dropped; other bytes are a DataError naming
+    the line and column of the first one."""
+    with path.open("rb") as handle:
+        for number, data in enumerate(handle, start=1):
+            if number == 1:
+                data = data.removeprefix(codecs.BOM_UTF8)
+            try:
+                yield number, data.decode("utf-8")
+            except UnicodeDecodeError as error:
+                column = len(data[:error.start].decode("utf-8", errors="replace")) + 1
+                raise DataError(path, f"not UTF-8 text (byte 0x{data[error.start]:02x} at column {column}); save "
+                                "the file as UTF-8", row=f"line {number}") from None
+
+
+def _jsonl_rows(path: Path):
+    for number, line in _decoded_lines(path):
+        if line.strip():
+            yield f"line {number}", jsonl_row(path, number, line)
+
+
+def _json_rows(path: Path):
+    text = read_text(path)
+    if _looks_like_jsonl(text):
+        yield from _jsonl_rows(path)
+        return
+    try:
+        data = json.loads(text or "[]")
+    except json.JSONDecodeError as error:
+        raise DataError(path, f"not valid JSON ({error.msg})", row=f"line {error.lineno}") from None
+    if isinstance(data, dict) and "data" in data:  # the {"data": [...]} layout datasets also reads
+        data = data["data"]
+    if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
+        raise DataError(path, "a .json file must hold a list of objects (or use .jsonl)")
+    yield from enumerate(data, start=1)
+
+
+def _parquet_rows(path: Path):
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=65536)
+        number = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                number += 1
+                yield number, row
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(path, "the file is empty" if path.stat().st_size == 0
+                        else f"not a valid Parquet file ({error})") from None
+
+
+# CSV: quoted cells ("a ""b"", c" holds a quote and a comma, and may span lines). TSV (and SemEval-2018's
+# tab-separated .txt): no quoting at all, a quote character is a character (GLUE-style corpora carry unbalanced
+# ones), so a cell cannot hold a tab or a line break. `absa.streaming.table_bytes` writes both by the same rules.
+class TabSeparated(csv.excel_tab):
+    quoting = csv.QUOTE_NONE
+    quotechar = None
+
+
+DELIMITED = {".csv": csv.excel, ".tsv": TabSeparated, ".txt": TabSeparated}
+csv.field_size_limit(2 ** 31 - 1)  # a long document is one cell; the csv module's default stops at 128 KiB
+
+
+def _delimited_rows(path: Path, dialect):
+    kind = "CSV" if dialect is csv.excel else "tab-separated"
+    lines = _decoded_lines(path)
+    reader = csv.reader((line for _, line in lines), dialect)
+    header, first = None, 1
+    try:
+        for cells in reader:
+            start, first = first, reader.line_num + 1  # the line this record starts on; the next one's
+            if not cells:  # a blank line
+                continue
+            if header is None:
+                header = cells
+                repeated = sorted({name for name in header if header.count(name) > 1})
+                if repeated:
+                    raise DataError(path, f"the header names {', '.join(map(repr, repeated))} more than once",
+                                    row=f"line {start}")
+                continue
+            if len(cells) > len(header):
+                raise DataError(path, f"{len(cells)} cells, the header has {len(header)} (not a valid {kind} file"
+                                f"{'; a cell with a comma needs quotes' if kind == 'CSV' else ''})",
+                                row=f"line {start}")
+            yield f"line {start}", dict(zip(header, cells + [""] * (len(header) - len(cells))))
+    except csv.Error as error:
+        raise DataError(path, f"not a valid {kind} file ({error})", row=f"line {reader.line_num}") from None
+    if header is None:
+        raise DataError(path, "the file is empty")
 
 
 def _looks_like_jsonl(text: str) -> bool:

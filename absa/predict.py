@@ -12,9 +12,10 @@ Python API (one process; `use_absa.py` adds evaluation, files and several proces
 
 How an aspect is found in its text (`resolve_aspect`): character offsets when given; else the aspect marked with
 `[B-ASP]...[E-ASP]` (the PyABSA convention); else a search for the aspect's words, taking the N-th occurrence
-(`occurrence`, 1-based, default the first). The search prefers whole words with the same case ("screen" is not
-found inside "touchscreen" when it also occurs as a word), then any case, then parts of words (texts without
-spaces, e.g. Chinese).
+(`occurrence`, 1-based, default the first). The search counts whole words in any case, in text order ("Screen is
+bright, but the screen hinge..." has two occurrences of "screen", the first is "Screen"), and parts of words only when
+no whole word matches ("screen" inside "touchscreen"; texts without spaces, e.g. Chinese). Results name the aspect as
+it is in the text (`text[start:end]`, "Screen"), in the text without markers.
 
 Speed: `torch.inference_mode`, inputs sorted by length (longest first) so each batch pads little, and bf16
 autocast where the hardware computes bf16 natively (see `resolve_dtype`). Results always come back in input order.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from .aspects import AspectCollator, encode_aspect_batch
 from .batches import text_groups
-from .data import find_occurrences
+from .data import find_occurrences, span_pairs
 from .files import is_missing
 from .launch import bf16_is_native
 from .model import AbsaClassifier, load_tokenizer
@@ -110,38 +112,45 @@ class AspectSpan:
 
 
 def resolve_aspect(text: str, aspect: str | None = None, start=None, end=None,
-                   occurrence: int | None = None) -> AspectSpan:
+                   occurrence: int | None = None, spans=None) -> AspectSpan:
     """Place one aspect in `text`: by offsets, else by markers, else by searching (the `occurrence`-th, 1-based).
 
     With markers and an aspect, the marked aspect with that wording is taken (several marked aspects need the
-    aspect to say which). Raises `AspectError` naming what is wrong.
+    aspect to say which). `spans`, every [start, end] of an aspect named at several places (a `$T$` record, as
+    absa.data reads it for training and evaluation), places it at all of them; start/end, if given too, must be one.
+    Raises `AspectError` naming what is wrong.
     """
     if is_missing(text, text=True):
         raise AspectError("the text is missing or empty", "text")
-    clean, marked = parse_marked_text(str(text))
+    for value, field in ((text, "text"), (aspect, "aspect")):
+        if not (isinstance(value, str) or is_missing(value, text=True)):  # not str(): a list would become "['a']"
+            raise AspectError(f"the {field} must be a string, got {type(value).__name__} {value!r:.80}", field)
+    clean, marked = parse_marked_text(text)
     aspect = None if is_missing(aspect, text=True) else str(aspect).strip()
     occurrence = None if is_missing(occurrence) else _whole_number(occurrence, "occurrence")
     if occurrence is not None and occurrence < 1:
         raise AspectError(f"occurrence counts from 1, got {occurrence}", "occurrence")
-    if not (is_missing(start) and is_missing(end)):
-        if marked:
-            raise AspectError("give the aspect either with [B-ASP]...[E-ASP] markers or with start/end, not both",
-                              "start")
-        start, end = _whole_number(start, "start"), _whole_number(end, "start")
-        if not 0 <= start < end <= len(clean):
-            raise AspectError(f"the offsets {start}:{end} are outside the text ({len(clean)} characters)", "start")
-        if aspect is not None and clean[start:end].strip() != aspect:
-            raise AspectError(f"the offsets {start}:{end} give {clean[start:end]!r}, not the aspect {aspect!r}",
-                              "start")
-        return AspectSpan(clean, start, end)
+    offsets = not (is_missing(start) and is_missing(end))
+    if (offsets or not is_missing(spans)) and marked:
+        raise AspectError("give the aspect either with [B-ASP]...[E-ASP] markers or with start/end, not both",
+                          "start" if offsets else "spans")
+    if not is_missing(spans):
+        pairs = span_pairs(spans)
+        if pairs is None:
+            raise AspectError(f"spans must be a non-empty list of [start, end] pairs, got {spans!r:.80}", "spans")
+        placed = sorted({_offsets_of(clean, aspect, *span, field="spans") for span in pairs})
+        if offsets and _offsets_of(clean, aspect, start, end) not in placed:
+            raise AspectError(f"start/end {start}:{end} is not one of the spans {[list(s) for s in placed]}", "start")
+        return AspectSpan(clean, *placed[0], spans=tuple(placed))
+    if offsets:
+        return AspectSpan(clean, *_offsets_of(clean, aspect, start, end))
     if marked:
         if aspect is None:
             if len(marked) > 1:
                 raise AspectError(f"{len(marked)} aspects are marked; say which one with the aspect, or give one "
                                   "marked aspect per text", "aspect")
             return AspectSpan(clean, *marked[0])
-        chosen = ([span for span in marked if clean[span[0]:span[1]] == aspect]
-                  or [span for span in marked if clean[span[0]:span[1]].lower() == aspect.lower()])
+        chosen = [span for span in marked if clean[span[0]:span[1]].lower() == aspect.lower()]  # as the search
         if not chosen:
             raise AspectError(f"the aspect {aspect!r} is not one of the marked aspects "
                               f"({', '.join(repr(clean[s:e]) for s, e in marked)})")
@@ -154,6 +163,16 @@ def resolve_aspect(text: str, aspect: str | None = None, start=None, end=None,
     return AspectSpan(clean, *_nth(found, occurrence, aspect), len(found), len(found) > 1 and not occurrence)
 
 
+def _offsets_of(clean: str, aspect: str | None, start, end, field: str = "start") -> tuple[int, int]:
+    """Offsets from a file or a caller, checked against the text and the aspect."""
+    start, end = _whole_number(start, field), _whole_number(end, field)
+    if not 0 <= start < end <= len(clean):
+        raise AspectError(f"the offsets {start}:{end} are outside the text ({len(clean)} characters)", field)
+    if aspect is not None and clean[start:end].strip() != aspect:
+        raise AspectError(f"the offsets {start}:{end} give {clean[start:end]!r}, not the aspect {aspect!r}", field)
+    return start, end
+
+
 def _whole_number(value, field: str) -> int:
     """An offset or occurrence from JSON, CSV ("4", or "4.0" when pandas wrote a column with gaps) or Parquet."""
     try:
@@ -162,7 +181,8 @@ def _whole_number(value, field: str) -> int:
             return int(number)
     except (TypeError, ValueError):
         pass
-    what = "start and end must be whole numbers" if field == "start" else f"{field} must be a whole number"
+    what = ("start and end must be whole numbers" if field == "start" else "spans must hold whole numbers"
+            if field == "spans" else f"{field} must be a whole number")
     raise AspectError(f"{what}, got {value!r}", field)
 
 
@@ -186,9 +206,9 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | str) -
 
     auto is bf16 on CUDA GPUs with native bf16 (Ampere and newer) and on CPUs with native bf16 arithmetic
     (AVX512-BF16 or AMX-BF16, as `torch.cpu.get_capabilities()` reports); fp32 elsewhere. Without native support bf16
-    is emulated and slower than fp32, so an explicit bf16 on such a GPU is refused. bf16 runs under autocast: weights
-    stay fp32, matrix products run in bf16, softmax and layer norms in fp32, so probabilities move by about 1e-2 at
-    most against fp32.
+    is emulated and slower than fp32, so an explicit bf16 there (GPU or CPU) is refused. bf16 runs under autocast:
+    weights stay fp32, matrix products run in bf16, softmax and layer norms in fp32, so probabilities move by about
+    1e-2 at most against fp32.
     """
     device = torch.device(device)
     if isinstance(dtype, torch.dtype):
@@ -198,9 +218,10 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | str) -
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if dtype == "auto":
         return torch.bfloat16 if bf16_is_native(device) else torch.float32
-    if dtype == "bf16" and device.type == "cuda" and not bf16_is_native(device):
-        raise ValueError(f"this GPU ({torch.cuda.get_device_name(device)}) has no native bf16 (emulated, it is "
-                         "slower than fp32); use dtype fp32")
+    if dtype == "bf16" and not bf16_is_native(device):
+        what = (f"this GPU ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
+                else f"this {device.type.upper()}{' (no AVX512-BF16 or AMX)' if device.type == 'cpu' else ''}")
+        raise ValueError(f"{what} has no native bf16 (emulated, it is slower than fp32); use dtype fp32")
     return torch.bfloat16 if dtype == "bf16" else torch.float32
 
 
@@ -216,6 +237,30 @@ def default_max_length(tokenizer, trained: int | None = None) -> int:
     set a huge placeholder)."""
     limit = getattr(tokenizer, "model_max_length", None)
     return int(trained) if trained else int(limit) if limit and limit <= 100_000 else 512
+
+
+# Families that number positions from pad_token_id + 1, as RoBERTa does: 514 positions hold 512 tokens.
+ROBERTA_STYLE_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm",
+                           "data2vec-text", "longformer", "xmod", "ibert", "luke", "mpnet")
+
+
+def position_limit(config: dict) -> int | None:
+    """The most tokens the encoder's position embeddings hold (a config.json as a dict); None when it has no absolute
+    positions (DeBERTa-v2/v3 with `position_biased_input` false) or does not say."""
+    size = config.get("max_position_embeddings")
+    if not size or config.get("position_biased_input") is False:
+        return None
+    offset = int(config.get("pad_token_id") or 0) + 1 if config.get("model_type") in ROBERTA_STYLE_POSITIONS else 0
+    return int(size) - offset
+
+
+def check_max_length(max_length: int, config: dict) -> int:
+    """`max_length` when the encoder can take that many tokens; a ValueError before any work when it cannot."""
+    limit = position_limit(config)
+    if limit is not None and max_length > limit:
+        raise ValueError(f"max_length {max_length} is more tokens than this encoder has positions for ({limit}); "
+                         f"use at most {limit}")
+    return max_length
 
 
 def encode_spans(tokenizer, spans: Sequence[AspectSpan], max_length: int, labels=None, source: str = "input",
@@ -318,8 +363,9 @@ class AbsaPredictor:
     """A loaded ABSA model that classifies (text, aspect) pairs on one device.
 
     `predict` returns one dict per input, in input order: `{"label": name, "probabilities": {name: p, ...},
-    "aspect": text[start:end], "start": start, "end": end}`; `predict_probabilities` returns the numpy array
-    [N, len(label_names)] instead. Offsets refer to the text without markers.
+    "text": the text without markers, "aspect": text[start:end], "start": start, "end": end}`; `predict_probabilities`
+    returns the numpy array [N, len(label_names)] instead. Inputs pair up by position (lists, arrays, pandas Series
+    whatever their index). An aspect found more than once without `occurrence` is a warning.
     """
 
     def __init__(self, model, tokenizer, device=None, batch_size: int = 64, dtype=None, max_length: int | None = None):
@@ -330,7 +376,8 @@ class AbsaPredictor:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.dtype = resolve_dtype(dtype, self.device)
-        self.max_length = max_length or default_max_length(tokenizer, getattr(model.config, "absa_max_length", None))
+        self.max_length = check_max_length(max_length or default_max_length(
+            tokenizer, getattr(model.config, "absa_max_length", None)), model.config.to_dict())
         self.label_names = label_names_of(model)
         self.input_format = getattr(model.config, "absa_input_format", "td_bert")  # as it was trained
         self.collator = AspectCollator(tokenizer)
@@ -345,12 +392,16 @@ class AbsaPredictor:
 
     def spans(self, texts, aspects=None, starts=None, ends=None, occurrence: int | None = None) -> list[AspectSpan]:
         """Each input placed in its text (see `resolve_aspect`); errors name the 1-based input number."""
-        if isinstance(texts, str):
-            raise TypeError("texts must be a list of strings (got one string)")
-        count = len(texts)
+        columns = {"texts": texts, "aspects": aspects, "starts": starts, "ends": ends}
+        for name, values in columns.items():
+            if isinstance(values, str):
+                raise TypeError(f"{name} must be a list (got one string)")
+        # By position, whatever the container: a pandas Series after sort_values or a filter keeps its old index
+        # labels, and Series[i] would look one up by label, pairing a text with another row's aspect.
+        texts, aspects, starts, ends = (None if values is None else list(values) for values in columns.values())
         for name, values in (("aspects", aspects), ("starts", starts), ("ends", ends)):
-            if values is not None and len(values) != count:
-                raise ValueError(f"{count} texts but {len(values)} {name}")
+            if values is not None and len(values) != len(texts):
+                raise ValueError(f"{len(texts)} texts but {len(values)} {name}")
         spans = []
         for i, text in enumerate(texts):
             try:
@@ -359,6 +410,11 @@ class AbsaPredictor:
                                             ends[i] if ends is not None else None, occurrence))
             except AspectError as error:
                 raise AspectError(f"input {i + 1}: {error}", error.field) from None
+        ambiguous = [i + 1 for i, span in enumerate(spans) if span.ambiguous]
+        if ambiguous:
+            warnings.warn(f"in {len(ambiguous)} input(s) (first: input {ambiguous[0]}) the aspect occurs more than "
+                          "once; the first occurrence was used (give starts/ends or occurrence, or mark the aspect)",
+                          stacklevel=3)
         return spans
 
     def predict_probabilities(self, texts, aspects=None, starts=None, ends=None,
@@ -370,7 +426,7 @@ class AbsaPredictor:
         probabilities = softmax(self._logits(spans))
         return [{"label": self.label_names[int(row.argmax())],
                  "probabilities": {name: float(p) for name, p in zip(self.label_names, row)},
-                 "aspect": span.aspect, "start": span.start, "end": span.end}
+                 "text": span.text, "aspect": span.aspect, "start": span.start, "end": span.end}
                 for span, row in zip(spans, probabilities)]
 
     @torch.inference_mode()

@@ -3,36 +3,31 @@ file per chunk in OUTPUT.partial/ that become OUTPUT by one rename when every ch
 
 A chunk file appears only complete (written beside, renamed into place), so after a crash the chunk files present are
 exactly the chunks done; `run.json` in the folder describes the run they belong to, so that the same run can continue
-with the missing chunks. Other inputs (.json lists, .txt) cannot be read in pieces and are read whole by `read_rows`.
+with the missing chunks. Rows are read by `absa.files.iter_rows` (JSON lists are read whole: use JSONL when large).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import os
 import shutil
 from pathlib import Path
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .files import DataError, jsonl_row, read_rows
+from .files import DELIMITED, DataError, iter_rows
 
 OUTPUT_TYPES = (".jsonl", ".csv", ".tsv", ".parquet")
 
 
 def read_chunks(path, chunk_size: int):
-    """(row label, row) lists of `chunk_size` rows, labelled as `read_rows` does (line N; row N for Parquet)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "file not found")
-    suffix = path.suffix.lower()
-    rows = (_jsonl_rows(path) if suffix == ".jsonl" else _delimited_rows(path, suffix) if suffix in (".csv", ".tsv")
-            else _parquet_rows(path) if suffix == ".parquet" else iter(read_rows(path)))
+    """(row label, row) lists of `chunk_size` rows of `absa.files.iter_rows`: chunks joined are `read_rows`."""
     chunk, seen = [], False
-    for row in rows:
+    for row in iter_rows(path):
         chunk.append(row)
         if len(chunk) == chunk_size:
             yield chunk
@@ -41,51 +36,6 @@ def read_chunks(path, chunk_size: int):
         yield chunk
     elif not seen:
         raise DataError(path, "the file is empty (no rows)")
-
-
-def _jsonl_rows(path: Path):
-    with path.open("rb") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            try:
-                line = line.decode("utf-8-sig" if line_number == 1 else "utf-8")
-            except UnicodeDecodeError as error:
-                raise DataError(path, f"not UTF-8 text (byte 0x{line[error.start]:02x}); save the file as UTF-8",
-                                row=f"line {line_number}") from None
-            if line.strip():
-                yield f"line {line_number}", jsonl_row(path, line_number, line)
-
-
-def _delimited_rows(path: Path, suffix: str):
-    comma = suffix == ".csv"
-    # The options of read_rows: strings only, no NA guessing; TSV without quoting (GLUE-style corpora).
-    options = dict(sep="," if comma else "\t", dtype=str, keep_default_na=False, encoding="utf-8-sig",
-                   quoting=csv.QUOTE_MINIMAL if comma else csv.QUOTE_NONE)
-    first = 0
-    try:
-        with pd.read_csv(path, chunksize=65536, **options) as frames:
-            for frame in frames:
-                for offset, row in enumerate(frame.to_dict("records")):
-                    yield f"line {first + offset + 2}", row  # the header is line 1
-                first += len(frame)
-    except pd.errors.EmptyDataError:
-        raise DataError(path, "the file is empty") from None
-    except pd.errors.ParserError as error:
-        raise DataError(path, f"not a valid {'CSV' if comma else 'tab-separated'} file ({error})") from None
-    except UnicodeDecodeError:
-        raise DataError(path, f"not UTF-8 text (after line {first + 1}); save the file as UTF-8") from None
-
-
-def _parquet_rows(path: Path):
-    try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=65536)
-    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
-        raise DataError(path, "the file is empty" if path.stat().st_size == 0
-                        else f"not a valid Parquet file ({error})") from None
-    number = 0
-    for batch in batches:
-        for row in batch.to_pylist():
-            number += 1
-            yield number, row
 
 
 def infer_schema(rows: list[dict], file) -> pa.Schema:
@@ -108,21 +58,49 @@ def unify_schemas(schemas: list[pa.Schema], file) -> pa.Schema:
 def table_bytes(rows: list[dict], suffix: str, columns=None, schema: pa.Schema | None = None,
                 header: bool = True) -> bytes:
     """Rows as the bytes of a .jsonl, .csv, .tsv (`columns` in this order, the header with `header`) or .parquet file
-    (`schema`, else inferred)."""
+    (`schema`, else inferred), written so that `absa.files.iter_rows` reads back the same values.
+
+    A missing value (None, NaN) is null in JSONL and an empty cell in CSV / TSV. CSV quotes a cell only when it holds
+    a comma, a quote or a line break; TSV has no quoting, so a tab or line break in a cell is a DataError
+    (`check_tsv_cells` finds them before any work). Cells are written as they are: `=1+1` stays `=1+1`.
+    """
     if suffix == ".jsonl":
-        return "".join(json.dumps(row, default=str) + "\n" for row in rows).encode("utf-8")
+        return "".join(json.dumps({key: _missing_as(None, value) for key, value in row.items()}, default=str) + "\n"
+                       for row in rows).encode("utf-8")
     if suffix in (".csv", ".tsv"):
-        # dtype=object: each value written as it is (2 stays "2"), not as a per-chunk column type made it ("2.0").
-        frame = pd.DataFrame(rows, columns=columns, dtype=object)
-        return frame.to_csv(index=False, header=header, sep="\t" if suffix == ".tsv" else ",").encode("utf-8")
+        columns = list(columns or dict.fromkeys(key for row in rows for key in row))
+        if suffix == ".tsv":
+            check_tsv_cells(enumerate(rows, start=1), "output")
+        text = io.StringIO()
+        writer = csv.writer(text, DELIMITED[suffix], lineterminator="\n")
+        if header:
+            writer.writerow(columns)
+        writer.writerows([_missing_as("", row.get(column)) for column in columns] for row in rows)
+        return text.getvalue().encode("utf-8")
     table = pa.Table.from_pylist(rows, schema=schema) if schema else pa.Table.from_struct_array(pa.array(rows))
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()
 
 
+def _missing_as(empty, value):
+    return empty if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def check_tsv_cells(rows, file) -> None:
+    """A tab or line break in a column name or cell is a DataError naming the row: TSV cannot hold one."""
+    for label, row in rows:
+        for key, value in row.items():
+            for cell, where in ((key, "a column name"), (value, "the cell")):
+                if isinstance(cell, str) and any(character in cell for character in "\t\n\r"):
+                    raise DataError(file, f"{where} holds a tab or line break, which a .tsv file cannot hold (TSV has "
+                                    "no quoting): write .csv, .jsonl or .parquet", row=label, field=key)
+
+
 def write_bytes_atomically(path: Path, data: bytes) -> None:
-    """Written beside `path`, flushed to disk, renamed into place: `path` is complete or absent."""
+    """Written beside `path` (its folder made if need be), flushed to disk, renamed into place: `path` is complete or
+    absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "wb") as handle:
         handle.write(data)

@@ -143,7 +143,7 @@ def run_format(seed: int, dataset: str, input_format: str, extra: list[str], out
     subprocess.run([sys.executable, "use_absa.py", "evaluate", str(model), "--test_file", str(CONTRASTIVE),
                     "--output_dir", str(evaluation), "--overwrite"], cwd=benchlib.ROOT, check=True,
                    capture_output=True)
-    contrastive = json.loads((evaluation / "evaluation_test.json").read_text())
+    contrastive = json.loads((evaluation / f"evaluation_{CONTRASTIVE.parent.name}_{CONTRASTIVE.stem}.json").read_text())
     return {**row, "dataset": dataset, "input_format": input_format,
             "contrastive_accuracy": contrastive["accuracy"], "contrastive_macro_f1": contrastive["macro_f1"],
             "readme_examples": readme_examples(model)}

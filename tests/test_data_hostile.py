@@ -126,7 +126,19 @@ def test_csv_row_with_too_many_cells(tmp_path):
     path.write_text("text,aspect,label\nThe screen is fine.,screen,positive\nOne, two,screen,neutral\n",
                     encoding="utf-8")
     message = absa_error(path)
-    assert "train.csv" in message and "Expected 3 fields in line 3, saw 4" in message
+    assert_names(message, "train.csv", "line 3", None)
+    assert "4 cells, the header has 3" in message
+
+
+def test_csv_errors_name_the_line_after_a_multi_line_cell(tmp_path):
+    # A quoted cell spanning three lines: the rows after it start two lines later than their row number says.
+    path = tmp_path / "train.csv"
+    path.write_text('text,aspect,label\n"The screen,\nreally\nis fine.",screen,positive\n\n'
+                    "The keyboard is bad.,keyboard,awful\n", encoding="utf-8")
+    assert_names(absa_error(path), "train.csv", "line 6", "label")
+    path.write_text('text,aspect,label\n"The screen,\nreally\nis fine.",screen,positive\nOne, two,screen,neutral\n',
+                    encoding="utf-8")
+    assert_names(absa_error(path), "train.csv", "line 5", None)
 
 
 def test_semicolon_separated_csv_names_missing_and_found_columns(tmp_path):

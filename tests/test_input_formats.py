@@ -94,7 +94,7 @@ def test_each_format_learns_and_use_absa_reproduces_the_test_scores(tiny_model_d
 
     use_absa.main(["evaluate", str(out / "best_model"), "--dataset", str(data), "--output_dir", str(tmp_path / "eval"),
                    "--dtype", "fp32"])
-    evaluated = json.loads((tmp_path / "eval/evaluation_test.json").read_text())
+    evaluated = json.loads((tmp_path / f"eval/evaluation_{data.name}_test.json").read_text())
     assert evaluated["accuracy"] == results["test_accuracy"]
     assert evaluated["loss"] == pytest.approx(results["test"]["loss"], abs=1e-5)
 
