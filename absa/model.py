@@ -17,9 +17,11 @@ import json
 from pathlib import Path
 
 import torch
+from accelerate import init_empty_weights
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.integrations import is_fsdp_enabled
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from .aspects import require_fast_tokenizer
@@ -62,6 +64,26 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
+def load_pretrained(auto_class, path: str, config, **kwargs):
+    """`auto_class.from_pretrained(path, config=config, **kwargs)`, with the checkpoint read once, not once per rank,
+    under FSDP's `fsdp_cpu_ram_efficient_loading`.
+
+    transformers 5.25 reads the whole checkpoint on every rank even then (it only leaves weights missing from the
+    file on meta), so an 8-GPU node would hold 8 copies of an XXL model's 40 GiB in host RAM. Here only global
+    rank 0, whose state dict accelerate's `fsdp2_prepare_model` broadcasts into the shards of every rank, reads the
+    file; the other ranks build the model on the meta device (buffers real: accelerate keeps non-persistent ones
+    as they are). Both sides load in fp32, so the broadcast shapes and dtypes match whatever the file holds
+    (accelerate upcasts to fp32 master weights under mixed precision anyway).
+    """
+    if not is_fsdp_enabled():
+        return auto_class.from_pretrained(path, config=config, **kwargs)
+    kwargs.setdefault("dtype", torch.float32)
+    if torch.distributed.get_rank() == 0:
+        return auto_class.from_pretrained(path, config=config, **kwargs)
+    with init_empty_weights(include_buffers=False):
+        return auto_class.from_config(config, **kwargs)
+
+
 def _encoder_kwargs(config) -> dict:
     # BERT-style encoders carry a pooler the ABSA head never uses; its parameters would get no gradient, which
     # DDP refuses. Families without a pooler (DeBERTa, ELECTRA) do not take the argument.
@@ -100,7 +122,7 @@ class AbsaClassifier(nn.Module):
         id2label = dict(enumerate(label_names))
         try:
             config = AutoConfig.from_pretrained(path, id2label=id2label, label2id={v: k for k, v in id2label.items()})
-            encoder = AutoModel.from_pretrained(path, config=config, **_encoder_kwargs(config), **load_kwargs)
+            encoder = load_pretrained(AutoModel, path, config, **_encoder_kwargs(config), **load_kwargs)
         except Exception as error:  # noqa: BLE001 - turned into a message that says what to do
             raise loading_error(name_or_path, error) from None
         model = cls(encoder, pooling=pooling, dropout=dropout)
