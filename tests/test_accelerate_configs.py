@@ -23,7 +23,8 @@ from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
 from accelerate.utils.launch import prepare_multi_gpu_env
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
-from absa.launch import check_distributed_setup, fsdp_wrap_classes
+from absa.launch import check_distributed_setup, fsdp_wrap_classes, make_fsdp_ready
+from absa.model import AbsaClassifier
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "accelerate_configs"
@@ -41,7 +42,13 @@ DEBERTA = dict(relative_attention=True, position_buckets=8, pos_att_type=["p2c",
 FAMILIES = {
     "bert": {}, "roberta": {}, "xlm-roberta": {}, "xlm-roberta-xl": {}, "electra": {},
     "deberta-v2": DEBERTA,
+    # transformers declares no _no_split_modules for these: the layers are found by structure.
+    "distilbert": {"hidden_dim": 37}, "albert": {"embedding_size": 16},
 }
+# The class of each family's repeated block (ALBERT: one AlbertLayer in one shared group, run num_hidden_layers times).
+LAYER_CLASS = {"bert": "BertLayer", "roberta": "RobertaLayer", "xlm-roberta": "XLMRobertaLayer",
+               "xlm-roberta-xl": "XLMRobertaXLLayer", "electra": "ElectraLayer", "deberta-v2": "DebertaV2Layer",
+               "distilbert": "TransformerBlock", "albert": "AlbertLayer"}
 
 
 def tiny_config(model_type, **extra):
@@ -55,17 +62,6 @@ def encoder_without_pooler(config):
         return AutoModel.from_config(config, add_pooling_layer=False)
     except TypeError:  # DeBERTa-v2, ELECTRA have no pooler
         return AutoModel.from_config(config)
-
-
-class AbsaLike(torch.nn.Module):
-    """Stand-in for absa.model.AbsaClassifier: encoder + dropout + linear, `_no_split_modules` set."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.encoder = encoder_without_pooler(config)
-        self.dropout = torch.nn.Dropout(0.1)
-        self.head = torch.nn.Linear(config.hidden_size, config.num_labels)
-        self._no_split_modules = fsdp_wrap_classes(self.encoder)
 
 
 def launch_env(config_name, *extra):
@@ -151,31 +147,41 @@ def resolved_wrap_classes(model, monkeypatch):
     return [type(m) for m in model.modules() if policy(m)]
 
 
+def build(kind, config):
+    """The scripts' models: AbsaClassifier around an encoder, or AutoModelForSequenceClassification."""
+    if kind == "absa":
+        return AbsaClassifier(encoder_without_pooler(config))
+    return make_fsdp_ready(AutoModelForSequenceClassification.from_config(config))
+
+
 @pytest.mark.parametrize("kind", ["absa", "seqcls"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_xl_config_wraps_every_encoder_layer(family, kind, monkeypatch):
-    config = tiny_config(family)
-    if kind == "absa":
-        model = AbsaLike(config)
-        base = model.encoder
-    else:
-        model = AutoModelForSequenceClassification.from_config(config)
-        model._no_split_modules = fsdp_wrap_classes(model)
-        base = model.base_model
-    layer_cls = type(base.encoder.layer[0])
+    model = build(kind, tiny_config(family))
+    layers = [m for m in model.modules() if type(m).__name__ == LAYER_CLASS[family]]
+    assert layers and model._no_split_modules == [LAYER_CLASS[family]]
     wrapped = resolved_wrap_classes(model, monkeypatch)
-    assert wrapped.count(layer_cls) == config.num_hidden_layers
-    module_classes = {type(m) for m in model.modules()}
-    assert set(wrapped) <= module_classes
+    # Every layer is a unit of its own, and nothing else but them (accelerate adds the input embedding).
+    assert len(wrapped) == len(layers) and set(wrapped) == {type(layers[0])}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_fsdp_wrap_classes_are_the_encoder_layers(family):
     encoder = encoder_without_pooler(tiny_config(family))
-    # Not transformers' list: empty for DeBERTa-v2 / ELECTRA, and BERT's names BertEmbeddings.
-    assert fsdp_wrap_classes(encoder) == [type(encoder.encoder.layer[0]).__name__]
-    model = AutoModelForSequenceClassification.from_config(tiny_config(family))
-    assert fsdp_wrap_classes(model) == [type(model.base_model.encoder.layer[0]).__name__]
+    # Not transformers' list: empty for DeBERTa-v2 / ELECTRA / DistilBERT / ALBERT, and BERT's names BertEmbeddings.
+    assert fsdp_wrap_classes(encoder) == [LAYER_CLASS[family]]
+
+
+def test_model_without_repeated_layers_warns_under_fsdp(monkeypatch, caplog):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with caplog.at_level("WARNING", logger="absa.launch"):
+        assert make_fsdp_ready(model)._no_split_modules == []
+    assert "whole model is one FSDP unit" in caplog.text
+    caplog.clear()
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    make_fsdp_ready(model)
+    assert not caplog.text  # without FSDP it does not matter
 
 
 # ---------------------------------------------------------------- check_distributed_setup, in-process
