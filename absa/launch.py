@@ -9,11 +9,12 @@ Two accelerate 1.15 traps train silently in the wrong way (measured, see acceler
 
 import logging
 import os
+import time
+from pathlib import Path
 
 import torch
 from accelerate.utils import DistributedType
 from torch import nn
-from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ def fsdp_wrap_classes(model) -> list[str]:
     only the innermost are kept. transformers' list alone does not serve: it is empty for DeBERTa-v2, ELECTRA,
     DistilBERT and ALBERT, and then the whole model would be one FSDP unit, gathered at once.
     """
+    from transformers import PreTrainedModel
+
     embedding = getattr(model, "get_input_embeddings", lambda: None)()
     named = set()
     for module in model.modules():
@@ -120,6 +123,39 @@ def check_distributed_setup(accelerator) -> None:
             f"process group with `{CPU_LAUNCH}`, or drop --num_processes (and unset MASTER_ADDR) to "
             "run one process."
         )
+
+
+def check_shared_output_dir(accelerator, output_dir) -> None:
+    """Raise SystemExit on every process unless every machine of a multi-machine run sees the same output_dir.
+
+    Every process writes its own checkpoint shards there, and process 0 alone renames and rotates the checkpoint
+    folders and writes the best model and results; on a disk local to each machine the other machines' shards
+    would land in folders nobody renames, and a resumed run would find incomplete checkpoints. Checked with a file
+    process 0 writes and the first process of every machine must find; one machine needs nothing.
+    """
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    first_on_machine = gather_object([accelerator.local_process_index == 0])
+    if sum(first_on_machine) < 2:
+        return
+    marker = Path(output_dir) / ".shared_filesystem_check"
+    token = [f"{os.getpid()}-{time.time_ns()}" if accelerator.is_main_process else None]
+    if accelerator.is_main_process:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(token[0])
+    token = broadcast_object_list(token)[0]
+    accelerator.wait_for_everyone()
+    sees = accelerator.local_process_index != 0 or (marker.is_file() and marker.read_text() == token)
+    blind = [index for index, seen in enumerate(gather_object([sees])) if not seen]
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise SystemExit(
+            f"Refusing to train: --output_dir {output_dir} is not one shared folder for all "
+            f"{sum(first_on_machine)} machines: the machine(s) of process(es) {blind} do not see the file process 0 "
+            "wrote there. Every process writes checkpoint shards into it and process 0 renames them and writes the "
+            "best model, so it must be on a filesystem all machines mount (NFS, Lustre, ...) under the same path.")
 
 
 def keep_freed_memory() -> bool:

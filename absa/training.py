@@ -23,7 +23,7 @@ from accelerate.utils import GradientAccumulationPlugin, broadcast_object_list, 
 from safetensors.torch import load_file
 from transformers import HfArgumentParser
 
-from .launch import bf16_is_native, check_distributed_setup, keep_freed_memory
+from .launch import bf16_is_native, check_distributed_setup, check_shared_output_dir, keep_freed_memory
 from .metrics import is_better, scalar_metrics
 from .reports import recover_folder, replace_folder, summarize_seeds, write_json, write_jsonl
 
@@ -145,6 +145,7 @@ def make_accelerator(settings: TrainingSettings) -> Accelerator:
                               gradient_accumulation_plugin=gradient_accumulation(settings),
                               project_dir=settings.output_dir)
     check_distributed_setup(accelerator)
+    check_shared_output_dir(accelerator, settings.output_dir)
     if accelerator.device.type == "cpu":
         keep_freed_memory()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",

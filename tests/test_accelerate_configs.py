@@ -317,3 +317,66 @@ def test_scale_guide_counts_match_real_model(family, extra):
     real = encoder_without_pooler(config)
     assert total == sum(p.numel() for p in real.parameters())
     assert layer == sum(p.numel() for p in real.encoder.layer[0].parameters())
+
+
+# ---------------------------------------------------------------- several machines: one shared output_dir
+
+MACHINE_PROBE = textwrap.dedent("""
+    import sys
+    from accelerate import Accelerator
+    from absa.launch import check_shared_output_dir
+    accelerator = Accelerator()
+    check_shared_output_dir(accelerator, sys.argv[1])
+    print(f"OK rank={accelerator.process_index} local={accelerator.local_process_index}", flush=True)
+    accelerator.end_training()
+""")
+
+
+def two_machines(tmp_path, folder_of_machine) -> list[subprocess.CompletedProcess]:
+    """Two torchrun "machines" of one process each on this host (static rendezvous, like accelerate's multi-node
+    launch); machine R runs in folder_of_machine[R] with the relative --output_dir `run`."""
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    (tmp_path / "probe.py").write_text(MACHINE_PROBE)
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
+    processes = []
+    for machine, folder in enumerate(folder_of_machine):
+        folder.mkdir(exist_ok=True)
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(machine),
+             "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+             str(tmp_path / "probe.py"), "run"],
+            cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return [subprocess.CompletedProcess(p.args, p.wait(timeout=120), *p.communicate()) for p in processes]
+
+
+@pytest.mark.multiprocess
+def test_machines_with_their_own_output_dir_are_refused(tmp_path):
+    done = two_machines(tmp_path, [tmp_path / "machine0", tmp_path / "machine1"])
+    for machine in done:  # every process stops with the same line, before anything is trained
+        assert machine.returncode != 0 and "OK rank" not in machine.stdout
+        assert "is not one shared folder for all 2 machines" in machine.stderr, machine.stderr[-2000:]
+        assert "process(es) [1]" in machine.stderr
+
+
+@pytest.mark.multiprocess
+def test_machines_sharing_the_output_dir_pass(tmp_path):
+    shared = tmp_path / "shared"
+    done = two_machines(tmp_path, [shared, shared])
+    for machine, rank in zip(done, (0, 1)):
+        assert machine.returncode == 0, machine.stderr[-3000:]
+        assert f"OK rank={rank} local=0" in machine.stdout
+    assert list((shared / "run").iterdir()) == []  # the check leaves nothing behind
+
+
+def test_make_accelerator_checks_the_output_dir(clean_env, monkeypatch, tmp_path):
+    import absa.training
+
+    checked = []
+    monkeypatch.setattr(absa.training, "check_shared_output_dir", lambda acc, folder: checked.append(folder))
+    absa.training.make_accelerator(absa.training.TrainingSettings(output_dir=str(tmp_path / "run")))
+    assert checked == [str(tmp_path / "run")]
