@@ -380,3 +380,48 @@ def test_make_accelerator_checks_the_output_dir(clean_env, monkeypatch, tmp_path
     monkeypatch.setattr(absa.training, "check_shared_output_dir", lambda acc, folder: checked.append(folder))
     absa.training.make_accelerator(absa.training.TrainingSettings(output_dir=str(tmp_path / "run")))
     assert checked == [str(tmp_path / "run")]
+
+
+@pytest.fixture(scope="module")
+def scale_guide():
+    return load_scale_guide()
+
+
+@pytest.mark.parametrize("gpus", [3, 8])
+def test_scale_guide_shard_is_what_fully_shard_stores(scale_guide, gpus):
+    """One rank's share of XLM-R XL (the real config, on meta), counted by the guide and by torch's fully_shard
+    itself on a fake process group of `gpus` ranks, per layer as accelerate wraps it."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    name, model_type, values = next(m for m in scale_guide.MODELS if m[0] == "facebook/xlm-roberta-xl")
+    config = AutoConfig.for_model(model_type, **values)
+    model = scale_guide.build_meta(config)
+    dist.init_process_group("fake", store=FakeStore(), rank=gpus - 1, world_size=gpus)  # the last rank: padding
+    try:
+        classes = fsdp_wrap_classes(model)
+        for module in list(model.modules())[::-1]:
+            if type(module).__name__ in classes:
+                fully_shard(module)
+        fully_shard(model)
+        stored = sum(param._sharded_param_data.numel() for module in model.modules() if isinstance(module, FSDPModule)
+                     for group in module._get_fsdp_state()._fsdp_param_groups for param in group.fsdp_params)
+    finally:
+        dist.destroy_process_group()
+    assert stored == scale_guide.shard_elements(scale_guide.parameter_shapes(config), gpus)
+    assert stored * gpus >= scale_guide.count_params(config)[0]
+
+
+def test_scale_guide_table_is_the_readme_and_the_yaml_comments(scale_guide, capsys):
+    """accelerate_configs/README.md shows the guide's output as it is, and xl.yaml / xxl.yaml state its GPU counts."""
+    scale_guide.main(["--headroom", "0.2"])
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    readme = (CONFIGS / "README.md").read_text().splitlines()
+    assert len(table) == 13 and all(line in readme for line in table)
+    rows = {row["model"]: row for row in scale_guide.rows(0.2)}
+    gpus_key = next(key for key in rows["`facebook/xlm-roberta-xl`"] if key.startswith("FSDP2 min GPUs"))
+    for name, yaml in (("facebook/xlm-roberta-xl", "xl.yaml"), ("facebook/xlm-roberta-xxl", "xxl.yaml")):
+        counts = rows[f"`{name}`"][gpus_key].split(" / ")
+        stated = ", ".join(f">= {n} x {size} GiB" for n, size in zip(counts, scale_guide.GPUS))
+        assert f"{name.split('/')[1]}: {stated}" in (CONFIGS / yaml).read_text(), stated
