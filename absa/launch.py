@@ -51,7 +51,9 @@ def fsdp_wrap_classes(model) -> list[str]:
     embedding = getattr(model, "get_input_embeddings", lambda: None)()
     named = set()
     for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) and len({type(item) for item in module}) == 1:
+        # torch's own classes (a list of Linear heads) are building blocks, not layers
+        if isinstance(module, nn.ModuleList) and len(module) and len({type(item) for item in module}) == 1 \
+                and not type(module[0]).__module__.startswith("torch."):
             named.add(type(module[0]).__name__)
         if isinstance(module, PreTrainedModel):
             named.update(module._no_split_modules or ())
@@ -139,11 +141,17 @@ def check_shared_output_dir(accelerator, output_dir) -> None:
     if sum(first_on_machine) < 2:
         return
     marker = Path(output_dir) / ".shared_filesystem_check"
-    token = [f"{os.getpid()}-{time.time_ns()}" if accelerator.is_main_process else None]
+    decision = [None, None]  # (token written, why it could not be)
     if accelerator.is_main_process:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(token[0])
-    token = broadcast_object_list(token)[0]
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"{os.getpid()}-{time.time_ns()}")
+            decision[0] = marker.read_text()
+        except OSError as error:
+            decision[1] = f"--output_dir {output_dir}: cannot write there ({error})"
+    token, refusal = broadcast_object_list(decision)
+    if refusal:
+        raise SystemExit(refusal)
     accelerator.wait_for_everyone()
     sees = accelerator.local_process_index != 0 or (marker.is_file() and marker.read_text() == token)
     blind = [index for index, seen in enumerate(gather_object([sees])) if not seen]

@@ -16,8 +16,10 @@ import inspect
 import json
 from pathlib import Path
 
+import accelerate
 import torch
 from accelerate import init_empty_weights
+from packaging.version import Version
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -80,6 +82,9 @@ def load_pretrained(auto_class, path: str, config, **kwargs):
     kwargs.setdefault("dtype", torch.float32)
     if torch.distributed.get_rank() == 0:
         return auto_class.from_pretrained(path, config=config, **kwargs)
+    if Version(accelerate.__version__) < Version("1.16"):  # older ones give every meta parameter one optimizer slot
+        raise SystemExit(f"fsdp_cpu_ram_efficient_loading needs accelerate >= 1.16 (installed: {accelerate.__version__}"
+                         "); upgrade it, or set fsdp_cpu_ram_efficient_loading: false")
     with init_empty_weights(include_buffers=False):
         return auto_class.from_config(config, **kwargs)
 

@@ -173,7 +173,8 @@ def test_fsdp_wrap_classes_are_the_encoder_layers(family):
 
 
 def test_model_without_repeated_layers_warns_under_fsdp(monkeypatch, caplog):
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    # A list of torch's own modules (here Linear heads) is not a stack of layers.
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ModuleList([torch.nn.Linear(4, 2)] * 2))
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with caplog.at_level("WARNING", logger="absa.launch"):
         assert make_fsdp_ready(model)._no_split_modules == []
