@@ -17,16 +17,6 @@ pytestmark = pytest.mark.multiprocess
 PROBE = Path(__file__).resolve().parent / "fsdp2_memory_probe.py"
 
 
-def run_probe(command: str, model_dir: Path, tmp_path: Path) -> dict[int, dict]:
-    argv, env = fsdp2_command(str(PROBE), 2, command, model_dir)
-    env["PROBE_OUTPUT_DIR"] = str(tmp_path / "run")
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-    reports = [json.loads(line[len("probe "):]) for line in done.stdout.splitlines() if line.startswith("probe ")]
-    assert sorted(report["rank"] for report in reports) == [0, 1], done.stdout
-    return {report["rank"]: report for report in reports}
-
-
 @pytest.fixture(scope="module")
 def encoder_157mib(tmp_path_factory) -> Path:
     """A BERT encoder of 41 M parameters (157 MiB in fp32), random weights from a config, saved offline."""
@@ -40,11 +30,22 @@ def encoder_157mib(tmp_path_factory) -> Path:
     return folder
 
 
-def test_ram_efficient_loading_reads_the_checkpoint_on_rank_0_only(encoder_157mib, tmp_path):
+@pytest.fixture(scope="module")
+def probe(encoder_157mib, tiny_model_dirs, tmp_path_factory) -> dict[int, dict]:
+    """One run of the probe on 2 processes (the 157 MiB encoder, then a tiny BERT): rank -> its report."""
+    argv, env = fsdp2_command(str(PROBE), 2, encoder_157mib, tiny_model_dirs["bert"])
+    env["PROBE_OUTPUT_DIR"] = str(tmp_path_factory.mktemp("probe_run"))
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    reports = [json.loads(line[len("probe "):]) for line in done.stdout.splitlines() if line.startswith("probe ")]
+    assert sorted(report["rank"] for report in reports) == [0, 1], done.stdout
+    return {report["rank"]: report for report in reports}
+
+
+def test_ram_efficient_loading_reads_the_checkpoint_on_rank_0_only(encoder_157mib, probe):
     """fsdp_cpu_ram_efficient_loading: rank 1 builds the model on meta and gets the weights by broadcast."""
     model_mib = (encoder_157mib / "model.safetensors").stat().st_size / 2**20
-    reports = run_probe("load", encoder_157mib, tmp_path)
-    rank0, rank1 = reports[0], reports[1]
+    rank0, rank1 = probe[0], probe[1]
     assert rank1["encoder_params_on_meta"] == rank1["encoder_params"], "rank 1 read the checkpoint"
     assert rank0["encoder_params_on_meta"] == 0
     # Rank 1's peak while loading: its buffers and the head, nothing of the size of the model.
@@ -53,10 +54,10 @@ def test_ram_efficient_loading_reads_the_checkpoint_on_rank_0_only(encoder_157mi
     assert rank0["weights_equal_file"] and rank1["weights_equal_file"] and rank1["compared"] > 100
 
 
-def test_gradient_accumulation_keeps_gradients_sharded(tiny_model_dirs, tmp_path):
+def test_gradient_accumulation_keeps_gradients_sharded(probe):
     """Under FSDP2 the scripts' Accelerator reduce-scatters every micro-batch: no rank ever holds the whole model's
     gradient unsharded. accelerate's default (no sync between micro-batches) holds all of it on every rank."""
-    reports = run_probe("accumulate", tiny_model_dirs["bert"], tmp_path)
+    reports = probe
     total = reports[0]["total"]
     assert {report["mixed_precision"] for report in reports.values()} == {"bf16"}  # the MixedPrecisionPolicy path
     for report in reports.values():
