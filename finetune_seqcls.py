@@ -89,7 +89,7 @@ class Settings(TrainingSettings):
     do_train: bool = field(default=True, metadata={"help": "false: only predict --predict_file / --text with the "
                            "fine-tuned folder --model_name_or_path."})
     predict_file: str | None = field(default=None, metadata={"help": "After training (or with --do_train false), "
-                                     "predict this file's texts (after training: with the trained model, like the test split; with "
+                                     "predict this file's texts: with the trained model, like the test split (with "
                                      "--do_train false: through transformers.pipeline)."})
     text: list[str] = field(default_factory=list, metadata={"action": "extend", "help": "Texts to predict "
                             "(--text A --text B, or --text A B); printed."})

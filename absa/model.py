@@ -70,11 +70,11 @@ def load_pretrained(auto_class, path: str, config, **kwargs):
     """`auto_class.from_pretrained(path, config=config, **kwargs)`, with the checkpoint read once, not once per rank,
     under FSDP's `fsdp_cpu_ram_efficient_loading`.
 
-    transformers 5.25 reads the whole checkpoint on every rank even then (it only leaves weights missing from the
-    file on meta), so an 8-GPU node would hold 8 copies of an XXL model's 40 GiB in host RAM. Here only global
-    rank 0, whose state dict accelerate's `fsdp2_prepare_model` broadcasts into the shards of every rank, reads the
-    file; the other ranks build the model on the meta device (buffers real: accelerate keeps non-persistent ones
-    as they are). Both sides load in fp32, so the broadcast shapes and dtypes match whatever the file holds
+    transformers 5.25 still loads the whole checkpoint on every rank then (it only leaves weights missing from the
+    file on meta): every rank holds parameters backed by the mapped file, read into its memory as soon as anything
+    touches them. Here only global rank 0, whose state dict accelerate's `fsdp2_prepare_model` broadcasts into the
+    shards of every rank, opens the file; the other ranks build the model on the meta device (buffers real:
+    accelerate keeps non-persistent ones as they are). Both sides load in fp32, so the broadcast shapes and dtypes match whatever the file holds
     (accelerate upcasts to fp32 master weights under mixed precision anyway).
     """
     if not is_fsdp_enabled():

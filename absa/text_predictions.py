@@ -102,7 +102,8 @@ def pipeline_predictions(model_dir, inputs, device=None, batch_size: int = 32) -
 def prediction_loader(inputs, tokenizer, batch_size: int) -> DataLoader:
     """`inputs` encoded as the pipeline encodes them (truncated to the tokenizer's model_max_length), shortest first
     so batches pad little; each example's label is its position in `inputs`, to put the outputs back in order."""
-    features = [{**tokenizer(*texts, truncation=True), "labels": position} for position, (_, texts) in enumerate(inputs)]
+    features = [{**tokenizer(*texts, truncation=True), "labels": position}
+                for position, (_, texts) in enumerate(inputs)]
     features.sort(key=lambda feature: len(feature["input_ids"]))
     return DataLoader(features, batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
 

@@ -162,6 +162,7 @@ def rows(headroom):
         unsharded = [min_gpus(shapes, params, layer, layers, g, headroom, unsharded_accumulation=True) for g in GPUS]
         # Too big for one GPU even sharded over one: offload params, grads and AdamW states to host RAM.
         offload = [str(g) for g, n in zip(GPUS, sharded) if n != 1]
+        host_ram = f"host RAM >= {STATE_BYTES * params / GIB:.0f} GiB"
         yield {
             "model": f"`{name}`", "params": f"{params / 1e6:,.0f} M", "config": pick_config(params),
             "fp32 W+G+AdamW GiB (16 B/p)": gib(STATE_BYTES * params),
@@ -173,8 +174,7 @@ def rows(headroom):
                 " / ".join(str(n) if n else "-" for n in unsharded),
             "+ GiB per GPU that would cost": gib(UNSHARDED_GRAD_BYTES * params),
             "full checkpoint GiB (12 B/p)": gib(CHECKPOINT_BYTES * params),
-            "CPU offload on 1 GPU": f"yes on {', '.join(offload)} GiB (host RAM >= {STATE_BYTES * params / GIB:.0f} GiB)"
-                                    if offload else "no",
+            "CPU offload on 1 GPU": f"yes on {', '.join(offload)} GiB ({host_ram})" if offload else "no",
         }
 
 

@@ -7,8 +7,8 @@ With the Accelerator of absa.training.make_accelerator (gradient accumulation ov
 * AbsaClassifier.from_encoder(MODEL_DIR) under fsdp_cpu_ram_efficient_loading: this rank's RSS before, its peak
   during the load and the sharding, whether its encoder parameters are on meta, and after accelerator.prepare
   whether its full weights equal the file;
-* with SMALL_MODEL_DIR, micro-batches as the scripts run them, then with accelerate's default (no sync between micro-batches): the
-  gradient elements held unsharded / sharded after each micro-batch.
+* with SMALL_MODEL_DIR, micro-batches as the scripts run them, then with accelerate's default (no sync between
+  micro-batches): the gradient elements held unsharded / sharded after each micro-batch.
 """
 
 import json

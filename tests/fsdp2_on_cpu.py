@@ -44,7 +44,8 @@ class Fsdp2OnCpu(accelerate.Accelerator):
         on_meta = [(sum(p.is_meta for p in o.parameters()), len(list(o.parameters())))
                    for o in objects if isinstance(o, nn.Module)]
         prepared = super().prepare(*objects, **kwargs)
-        models = [p for p in (prepared if isinstance(prepared, (list, tuple)) else (prepared,)) if isinstance(p, nn.Module)]
+        models = [p for p in (prepared if isinstance(prepared, (list, tuple)) else (prepared,))
+                  if isinstance(p, nn.Module)]
         for model, (meta, params) in zip(models, on_meta):
             units = sum(isinstance(module, FSDPModule) for module in model.modules())
             print(f"fsdp2 check: rank {self.process_index} of {self.num_processes}, is_fsdp2 {self.is_fsdp2}, "
