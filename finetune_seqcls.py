@@ -11,8 +11,9 @@ Reads top to bottom like finetune_absa.py: settings, data (the task is read from
 absa/text_data.py, or forced with --task), model, optimizer and schedule, `accelerator.prepare`, the training
 loop (the loss by task, backward, clipping, step; evaluation, best model, early stopping, checkpoints), one test
 evaluation, results and predictions. OUTPUT/best_model is an ordinary AutoModelForSequenceClassification folder:
-`transformers.pipeline("text-classification", model="OUTPUT/best_model")` loads it, and --predict_file / --text
-predict through exactly that pipeline.
+`transformers.pipeline("text-classification", model="OUTPUT/best_model")` loads it. --predict_file / --text
+after training are predicted by the trained model on every process, like the test split; with --do_train false
+they go through exactly that pipeline.
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ from absa.batches import make_dataloaders
 from absa.files import NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError
 from absa.launch import make_fsdp_ready
 from absa.metrics import best_threshold, multi_label_metrics, regression_metrics, scalar_metrics, single_label_metrics
-from absa.model import load_tokenizer, loading_error, resolve_model_path
+from absa.model import load_pretrained, load_tokenizer, loading_error, resolve_model_path
 from absa.reports import plot_confusion_matrix, plot_curves, write_json, write_jsonl
 from absa.text_data import ALL_METRICS, PROBLEM_TYPES, TASK_METRICS, TASKS, encode_text_splits, load_text_data
-from absa.text_predictions import (labelled_prediction_rows, predict_only, prediction_inputs, predictions_path,
-                                   write_predictions)
+from absa.text_predictions import (labelled_prediction_rows, predict_only, prediction_inputs, prediction_loader,
+                                   prediction_records, predictions_path, write_predictions)
 from absa.training import (BEST_MODEL, RunState, TrainingSettings, clear_output_dir, finish_run, load_best_weights,
                            make_accelerator, optimizer_steps, parse_settings, prepare_output_dir, report_evaluation,
                            run_for_seeds, run_summary, save_best_model, save_checkpoint)
@@ -89,7 +90,8 @@ class Settings(TrainingSettings):
     do_train: bool = field(default=True, metadata={"help": "false: only predict --predict_file / --text with the "
                            "fine-tuned folder --model_name_or_path."})
     predict_file: str | None = field(default=None, metadata={"help": "After training (or with --do_train false), "
-                                     "predict this file's texts through transformers.pipeline."})
+                                     "predict this file's texts: with the trained model, like the test split (with "
+                                     "--do_train false: through transformers.pipeline)."})
     text: list[str] = field(default_factory=list, metadata={"action": "extend", "help": "Texts to predict "
                             "(--text A --text B, or --text A B); printed."})
     text_pair: list[str] = field(default_factory=list, metadata={"action": "extend", "help": "Second sentences for "
@@ -254,6 +256,12 @@ def main(settings: Settings) -> dict:
                           f"at {settings.threshold}: {at_default:.4f})")
     logits, labels = evaluate(accelerator, model, test_loader)
     test = compute_metrics(logits, labels, threshold)
+    # --predict_file / --text: the trained model, every process predicting a share as in the test step; not a full
+    # second copy built on one GPU beside the sharded model while the other processes wait (a timeout under FSDP).
+    if inputs:
+        predicted, positions = evaluate(accelerator, model, accelerator.prepare(
+            prediction_loader(inputs, tokenizer, settings.eval_batch_size)))
+        predictions = prediction_records(data.task, data.label_names, inputs, predicted, positions, threshold)
 
     results = {
         "task": data.task, "problem_type": PROBLEM_TYPES[data.task], "label_names": data.label_names,
@@ -276,7 +284,7 @@ def main(settings: Settings) -> dict:
         print(f"test ({test_split}): {shown}; best epoch {results['best_epoch']}; "
               f"{results['train_samples_per_second']:.1f} samples/s; results in {output_dir / 'results.json'}")
         if inputs:
-            write_predictions(settings, best_dir, inputs, predictions_file, accelerator.device)
+            write_predictions(settings, predictions, predictions_file)
     finish_run(accelerator)
     return results
 
@@ -308,7 +316,7 @@ def build_model(name_or_path: str, data, threshold: float):
             config.numeric_labels = data.numeric_labels
         if data.task == "multi_label":
             config.multi_label_threshold = threshold
-        model = AutoModelForSequenceClassification.from_pretrained(path, config=config)
+        model = load_pretrained(AutoModelForSequenceClassification, path, config)  # FSDP: read on rank 0 only
     except Exception as error:  # noqa: BLE001 - turned into a message that says what to do
         raise loading_error(name_or_path, error) from None
     return make_fsdp_ready(model)  # FSDP's wrap classes: the encoder's layers

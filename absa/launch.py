@@ -7,10 +7,16 @@ Two accelerate 1.15 traps train silently in the wrong way (measured, see acceler
 * An FSDP / multi-GPU config on a machine without GPUs therefore never shards anything.
 """
 
+import logging
 import os
+import time
+from pathlib import Path
 
 import torch
 from accelerate.utils import DistributedType
+from torch import nn
+
+logger = logging.getLogger(__name__)
 
 CPU_LAUNCH = "ACCELERATE_USE_CPU=true torchrun --nproc_per_node N SCRIPT ARGS"
 
@@ -31,30 +37,50 @@ def _flag(var):
 
 
 def fsdp_wrap_classes(model) -> list[str]:
-    """Class names of the encoder's layers (BertLayer, XLMRobertaXLLayer, DebertaV2Layer, ...) for FSDP's
-    TRANSFORMER_BASED_WRAP: assign them to `model._no_split_modules` before `accelerator.prepare`.
+    """Class names of the model's repeated blocks (BertLayer, DebertaV2Layer, DistilBERT's TransformerBlock,
+    AlbertLayer, ...) for FSDP's TRANSFORMER_BASED_WRAP: each block becomes an FSDP unit of its own.
 
-    Not transformers' own `_no_split_modules`: it is empty for DeBERTa-v2 and ELECTRA (then no layer would be
-    wrapped and the whole model would be one FSDP unit), and BERT's names BertEmbeddings, inside which accelerate
-    1.15 then shards the input embedding a second time and fails.
+    The blocks are the items of every `nn.ModuleList` whose items share one class, plus the classes transformers
+    names in `_no_split_modules`; classes that contain the input embedding are left out (accelerate gives that
+    embedding a unit of its own, and sharding it a second time inside BertEmbeddings fails), and of nested blocks
+    only the innermost are kept. transformers' list alone does not serve: it is empty for DeBERTa-v2, ELECTRA,
+    DistilBERT and ALBERT, and then the whole model would be one FSDP unit, gathered at once.
     """
-    layer_lists = [module for name, module in model.named_modules() if name.endswith("encoder.layer")]
-    return sorted({type(layer).__name__ for layers in layer_lists for layer in layers})
+    from transformers import PreTrainedModel
+
+    embedding = getattr(model, "get_input_embeddings", lambda: None)()
+    named = set()
+    for module in model.modules():
+        # torch's own classes (a list of Linear heads) are building blocks, not layers
+        if isinstance(module, nn.ModuleList) and len(module) and len({type(item) for item in module}) == 1 \
+                and not type(module[0]).__module__.startswith("torch."):
+            named.add(type(module[0]).__name__)
+        if isinstance(module, PreTrainedModel):
+            named.update(module._no_split_modules or ())
+    blocks = {}  # class name -> the model's modules of that class
+    for module in model.modules():
+        if type(module).__name__ in named:
+            blocks.setdefault(type(module).__name__, []).append(module)
+
+    def contains(outer, inner_name):
+        return any(type(inner).__name__ == inner_name for inner in outer.modules() if inner is not outer)
+
+    return sorted(name for name, modules in blocks.items()
+                  if not any(embedding is not None and any(m is embedding for m in module.modules())
+                             for module in modules)
+                  and not any(contains(module, other) for module in modules for other in blocks if other != name))
 
 
 def make_fsdp_ready(model):
-    """Set the FSDP wrap classes and give every parameter real storage; returns the model.
-
-    With FSDP's cpu_ram_efficient_loading, transformers leaves newly initialised weights (a classification head) on
-    the meta device on every rank but the first. accelerate maps the optimizer's parameters to the sharded ones by
-    `data_ptr()`, which is 0 for every meta tensor, so those weights would share one optimizer slot (wrong updates,
-    and a crash when the optimizer state is saved). Empty real storage gives them distinct pointers; their values
-    come from rank 0 when the model is sharded.
-    """
+    """Set the FSDP wrap classes (`model._no_split_modules`, read by accelerate's TRANSFORMER_BASED_WRAP);
+    returns the model. Under an FSDP launch a model without repeated blocks gets a warning: it would be sharded
+    as one unit, every parameter gathered at once."""
     model._no_split_modules = fsdp_wrap_classes(model)
-    for module in model.modules():
-        if any(parameter.is_meta for parameter in module.parameters(recurse=False)):
-            module.to_empty(device="cpu", recurse=False)
+    if not model._no_split_modules and _flag("ACCELERATE_USE_FSDP"):
+        logger.warning("FSDP: found no repeated layers in %s to wrap, so the whole model is one FSDP unit and every "
+                       "parameter is gathered at once (no memory saved over DDP). Set "
+                       "fsdp_transformer_layer_cls_to_wrap in the accelerate config to its layer class.",
+                       type(model).__name__)
     return model
 
 
@@ -99,6 +125,45 @@ def check_distributed_setup(accelerator) -> None:
             f"process group with `{CPU_LAUNCH}`, or drop --num_processes (and unset MASTER_ADDR) to "
             "run one process."
         )
+
+
+def check_shared_output_dir(accelerator, output_dir) -> None:
+    """Raise SystemExit on every process unless every machine of a multi-machine run sees the same output_dir.
+
+    Every process writes its own checkpoint shards there, and process 0 alone renames and rotates the checkpoint
+    folders and writes the best model and results; on a disk local to each machine the other machines' shards
+    would land in folders nobody renames, and a resumed run would find incomplete checkpoints. Checked with a file
+    process 0 writes and the first process of every machine must find; one machine needs nothing.
+    """
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    first_on_machine = gather_object([accelerator.local_process_index == 0])
+    if sum(first_on_machine) < 2:
+        return
+    marker = Path(output_dir) / ".shared_filesystem_check"
+    decision = [None, None]  # (token written, why it could not be)
+    if accelerator.is_main_process:
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"{os.getpid()}-{time.time_ns()}")
+            decision[0] = marker.read_text()
+        except OSError as error:
+            decision[1] = f"--output_dir {output_dir}: cannot write there ({error})"
+    token, refusal = broadcast_object_list(decision)
+    if refusal:
+        raise SystemExit(refusal)
+    accelerator.wait_for_everyone()
+    sees = accelerator.local_process_index != 0 or (marker.is_file() and marker.read_text() == token)
+    blind = [index for index, seen in enumerate(gather_object([sees])) if not seen]
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise SystemExit(
+            f"Refusing to train: --output_dir {output_dir} is not one shared folder for all "
+            f"{sum(first_on_machine)} machines: the machine(s) of process(es) {blind} do not see the file process 0 "
+            "wrote there. Every process writes checkpoint shards into it and process 0 renames them and writes the "
+            "best model, so it must be on a filesystem all machines mount (NFS, Lustre, ...) under the same path.")
 
 
 def keep_freed_memory() -> bool:

@@ -16,10 +16,14 @@ import inspect
 import json
 from pathlib import Path
 
+import accelerate
 import torch
+from accelerate import init_empty_weights
+from packaging.version import Version
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.integrations import is_fsdp_enabled
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from .aspects import require_fast_tokenizer
@@ -60,6 +64,29 @@ def load_tokenizer(name_or_path: str):
         raise loading_error(name_or_path, error) from None
     require_fast_tokenizer(tokenizer, name_or_path)
     return tokenizer
+
+
+def load_pretrained(auto_class, path: str, config, **kwargs):
+    """`auto_class.from_pretrained(path, config=config, **kwargs)`, with the checkpoint read once, not once per rank,
+    under FSDP's `fsdp_cpu_ram_efficient_loading`.
+
+    transformers 5.25 still loads the whole checkpoint on every rank then (it only leaves weights missing from the
+    file on meta): every rank holds parameters backed by the mapped file, read into its memory as soon as anything
+    touches them. Here only global rank 0, whose state dict accelerate's `fsdp2_prepare_model` broadcasts into the
+    shards of every rank, opens the file; the other ranks build the model on the meta device (buffers real:
+    accelerate keeps non-persistent ones as they are). Both sides load in fp32, so the broadcast shapes and dtypes match whatever the file holds
+    (accelerate upcasts to fp32 master weights under mixed precision anyway).
+    """
+    if not is_fsdp_enabled():
+        return auto_class.from_pretrained(path, config=config, **kwargs)
+    kwargs.setdefault("dtype", torch.float32)
+    if torch.distributed.get_rank() == 0:
+        return auto_class.from_pretrained(path, config=config, **kwargs)
+    if Version(accelerate.__version__) < Version("1.16"):  # older ones give every meta parameter one optimizer slot
+        raise SystemExit(f"fsdp_cpu_ram_efficient_loading needs accelerate >= 1.16 (installed: {accelerate.__version__}"
+                         "); upgrade it, or set fsdp_cpu_ram_efficient_loading: false")
+    with init_empty_weights(include_buffers=False):
+        return auto_class.from_config(config, **kwargs)
 
 
 def _encoder_kwargs(config) -> dict:
@@ -104,7 +131,7 @@ class AbsaClassifier(nn.Module):
         id2label = dict(enumerate(label_names))
         try:
             config = AutoConfig.from_pretrained(path, id2label=id2label, label2id={v: k for k, v in id2label.items()})
-            encoder = AutoModel.from_pretrained(path, config=config, **_encoder_kwargs(config), **load_kwargs)
+            encoder = load_pretrained(AutoModel, path, config, **_encoder_kwargs(config), **load_kwargs)
         except Exception as error:  # noqa: BLE001 - turned into a message that says what to do
             raise loading_error(name_or_path, error) from None
         model = cls(encoder, pooling=pooling, dropout=dropout)

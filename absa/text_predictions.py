@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 import transformers
-from transformers import AutoConfig
+from torch.utils.data import DataLoader
+from transformers import AutoConfig, DataCollatorWithPadding
 
 from .model import resolve_model_path
 from .reports import write_atomically, write_jsonl
@@ -35,13 +36,18 @@ def format_prediction(task: str, label_names, scores, threshold: float) -> dict:
     return {"prediction": label_names[best], "score": scores[best], "scores": by_label}
 
 
+def task_scores(task: str, logits: np.ndarray) -> np.ndarray:
+    """What the text-classification pipeline applies by problem type: softmax, sigmoid, or none (regression)."""
+    logits = torch.as_tensor(logits, dtype=torch.float32)
+    return {"single_label": lambda: torch.softmax(logits, -1), "multi_label": lambda: torch.sigmoid(logits),
+            "regression": lambda: logits}[task]().numpy()
+
+
 def labelled_prediction_rows(data: TextData, split, logits: np.ndarray, threshold: float) -> list[dict]:
     """One row per example of `split` (its text, gold label and prediction); `logits` in the same order."""
     if len(split) != len(logits):
         raise RuntimeError(f"{len(logits)} predictions for {len(split)} test rows")
-    logits_t = torch.as_tensor(logits, dtype=torch.float32)
-    scores = {"single_label": lambda: torch.softmax(logits_t, -1), "multi_label": lambda: torch.sigmoid(logits_t),
-              "regression": lambda: logits_t}[data.task]().numpy()
+    scores = task_scores(data.task, logits)
     rows = []
     for record, row_scores in zip(split, scores):
         gold = record[LABELS]
@@ -121,9 +127,30 @@ def predictions_path(settings, inputs) -> Path | None:
     return path
 
 
-def write_predictions(settings, model_dir, inputs, path: Path | None, device=None) -> list[dict]:
-    """Predict `inputs` through the pipeline; write them to `path` (`predictions_path`), or print them."""
-    records = pipeline_predictions(model_dir, inputs, device, settings.eval_batch_size)
+def prediction_loader(inputs, tokenizer, batch_size: int) -> DataLoader:
+    """`inputs` encoded as the pipeline encodes them (truncated to the tokenizer's model_max_length), shortest first
+    so batches pad little; each example's label is its position in `inputs`, to put the outputs back in order."""
+    features = [{**tokenizer(*texts, truncation=True), "labels": position}
+                for position, (_, texts) in enumerate(inputs)]
+    features.sort(key=lambda feature: len(feature["input_ids"]))
+    return DataLoader(features, batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
+
+
+def prediction_records(task: str, label_names, inputs, logits: np.ndarray, positions: np.ndarray,
+                       threshold: float) -> list[dict]:
+    """One record per input, in the order of `inputs`, from the logits of `prediction_loader`'s batches (the
+    pipeline's record format)."""
+    if sorted(positions.tolist()) != list(range(len(inputs))):
+        raise RuntimeError(f"{len(positions)} predictions for {len(inputs)} inputs")
+    in_order = np.empty_like(logits)
+    in_order[positions] = logits
+    return [{"row": row, TEXT: texts[0], **({TEXT_PAIR: texts[1]} if len(texts) == 2 else {}),
+             **format_prediction(task, label_names, scores, threshold)}
+            for (row, texts), scores in zip(inputs, task_scores(task, in_order))]
+
+
+def write_predictions(settings, records: list[dict], path: Path | None) -> list[dict]:
+    """Write `records` to `path` (`predictions_path`), or print them when there is none."""
     from_file = [r for r in records if not r["row"].startswith("--text")]
     if path is None:
         for record in records:
@@ -155,4 +182,5 @@ def predict_only(settings) -> list[dict]:
     path = predictions_path(settings, inputs)
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    return write_predictions(settings, model_dir, inputs, path, "cuda" if torch.cuda.is_available() else "cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return write_predictions(settings, pipeline_predictions(model_dir, inputs, device, settings.eval_batch_size), path)

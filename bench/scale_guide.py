@@ -6,14 +6,22 @@ Each encoder is built from its real config.json dimensions on the meta device (n
 download), so parameter counts are exact for the encoder as the scripts load it (AutoModel, pooler
 dropped where the class has one; the classification head, hidden_size x labels, is left out).
 
-Byte accounting (AdamW, per parameter):
-* fp32:       4 weight + 4 grad + 8 AdamW (exp_avg, exp_avg_sq)             = 16 B.
-* bf16 mixed: accelerate keeps fp32 master weights, fp32 grads and fp32 AdamW states (16 B) and
-  computes in bf16. Single GPU / DDP (autocast): the bf16 weight copies autograd saves for
-  backward add 2 B -> 18 B peak. FSDP2 (MixedPrecisionPolicy param/reduce dtype bf16; accelerate
-  upcasts the sharded params to fp32): 16 B / N per GPU, plus the unsharded bf16 params and grads
-  of the units in flight: the root unit (everything outside an encoder layer: embeddings, head) and
-  two layers (current + prefetched) -> 4 B x (non-layer + 2 x layer params).
+Byte accounting (AdamW, per parameter), each figure computed from those counts:
+* fp32 state: 4 weight + 4 grad + 8 AdamW (exp_avg, exp_avg_sq)                  = 16 B.
+* One GPU, bf16 autocast: the fp32 state + the bf16 weight copies autograd keeps for backward = 18 B.
+* DDP (base.yaml, large.yaml): + DDP's fp32 gradient buckets (accelerate leaves gradient_as_bucket_view
+  off, so the reducer holds a second copy of every gradient)                        = 22 B.
+* FSDP2 full shard (xl.yaml, xxl.yaml; MixedPrecisionPolicy bf16, fp32 master weights): 16 B x the
+  elements of one rank's shard (every parameter split along dim 0 in N chunks, padded to the largest,
+  as fully_shard stores it), plus the unsharded bf16 params and grads of the units in flight: the root
+  unit (everything outside an encoder layer) and two layers (current + prefetched) = 4 B x (non-layer
+  + 2 x layer params).
+* Gradient accumulation under FSDP2: the scripts reduce-scatter every micro-batch
+  (absa.training.gradient_accumulation), so it adds nothing. accelerate's default (no_sync between
+  micro-batches) would keep the whole model's bf16 gradient unsharded on every GPU: + 2 B x params per
+  GPU; shown for comparison.
+* A full checkpoint gather (FULL_STATE_DICT) holds what is saved: fp32 weights + AdamW states = 12 B
+  (gradients are not saved). The configs save SHARDED_STATE_DICT and gather only the weights (4 B).
 * Activations are NOT included; they depend on batch size and sequence length. Instead only
   (1 - headroom) of each GPU is counted as usable (default headroom 20 %: activations of short
   ABSA sequences, CUDA context, allocator fragmentation, NCCL buffers).
@@ -31,6 +39,14 @@ from transformers.utils import logging as hf_logging
 
 GIB = 2**30
 GPUS = (40, 80, 141)
+STATE_BYTES = 16  # fp32 weight + grad + AdamW exp_avg + exp_avg_sq
+ONE_GPU_BYTES = STATE_BYTES + 2  # + bf16 autocast weight copies saved for backward
+DDP_BYTES = ONE_GPU_BYTES + 4  # + DDP's fp32 gradient buckets
+CHECKPOINT_BYTES = 12  # what a full checkpoint holds: fp32 weights + AdamW states (no gradients)
+UNSHARDED_GRAD_BYTES = 2  # bf16 gradient of every parameter, kept unsharded by FSDP2 under no_sync
+IN_FLIGHT_BYTES = 4  # bf16 params + bf16 grads of the unsharded units
+MAX_GPUS = 1024
+
 
 # DeBERTa-v2/v3 relative-attention settings, identical in all DeBERTa configs below.
 _DEBERTA = dict(
@@ -99,6 +115,31 @@ def count_params(config):
     return sum(p.numel() for p in model.parameters()), sum(p.numel() for p in layer.parameters())
 
 
+def parameter_shapes(config) -> list[torch.Size]:
+    return [p.shape for p in build_meta(config).parameters()]
+
+
+def shard_elements(shapes, gpus: int) -> int:
+    """Elements one rank stores under FSDP2 full shard on `gpus` ranks: every parameter is split along dim 0 into
+    `gpus` chunks, each padded to the largest (torch's fully_shard; tests check it against fully_shard itself)."""
+    return sum(math.ceil(shape[0] / gpus) * math.prod(shape[1:]) for shape in shapes)
+
+
+def fsdp_bytes_per_gpu(shapes, params, layer, layers, gpus, unsharded_accumulation=False) -> int:
+    """One GPU's training state under FSDP2 full shard (activations excluded): the sharded fp32 state, the bf16
+    params and grads of the units in flight, and with accelerate's no_sync accumulation the whole bf16 gradient."""
+    in_flight = IN_FLIGHT_BYTES * ((params - layers * layer) + 2 * layer)
+    unsharded = UNSHARDED_GRAD_BYTES * params if unsharded_accumulation else 0
+    return STATE_BYTES * shard_elements(shapes, gpus) + in_flight + unsharded
+
+
+def min_gpus(shapes, params, layer, layers, gib, headroom, unsharded_accumulation=False):
+    """Smallest number of `gib` GPUs whose usable memory holds the FSDP2 state; None if no count up to MAX_GPUS."""
+    usable = gib * GIB * (1 - headroom)
+    return next((n for n in range(1, MAX_GPUS + 1)
+                 if fsdp_bytes_per_gpu(shapes, params, layer, layers, n, unsharded_accumulation) <= usable), None)
+
+
 def pick_config(params):
     if params < 0.3e9:
         return "base.yaml"
@@ -107,26 +148,34 @@ def pick_config(params):
     return "xl.yaml" if params < 5e9 else "xxl.yaml"
 
 
-def min_gpus(params, layer, layers, gib, headroom):
-    """Smallest N with 16 B x params / N + in-flight bf16 units <= usable memory (FSDP full shard)."""
-    transient = 4 * ((params - layers * layer) + 2 * layer)
-    usable = gib * GIB * (1 - headroom) - transient
-    return math.ceil(16 * params / usable) if usable > 0 else None
+def gib(n_bytes) -> str:
+    return f"{n_bytes / GIB:.1f}"
 
 
 def rows(headroom):
     for name, model_type, values in MODELS:
         config = AutoConfig.for_model(model_type, **values)
         params, layer = count_params(config)
-        gpus = [min_gpus(params, layer, config.num_hidden_layers, g, headroom) for g in GPUS]
-        # One GPU without sharding keeps 18 B/param (bf16 mixed); offload moves the 16 B/param
-        # fp32 state to host RAM.
-        offload = [str(g) for g in GPUS if 18 * params > g * GIB * (1 - headroom)]
-        yield (
-            f"`{name}`", f"{params / 1e6:,.0f} M", f"{16 * params / GIB:.1f}", f"{18 * params / GIB:.1f}",
-            pick_config(params), " / ".join(str(n) if n else "-" for n in gpus),
-            f"yes on {', '.join(offload)} GiB (host RAM >= {16 * params / GIB:.0f} GiB)" if offload else "no",
-        )
+        shapes = parameter_shapes(config)
+        layers = config.num_hidden_layers
+        sharded = [min_gpus(shapes, params, layer, layers, g, headroom) for g in GPUS]
+        unsharded = [min_gpus(shapes, params, layer, layers, g, headroom, unsharded_accumulation=True) for g in GPUS]
+        # Too big for one GPU even sharded over one: offload params, grads and AdamW states to host RAM.
+        offload = [str(g) for g, n in zip(GPUS, sharded) if n != 1]
+        host_ram = f"host RAM >= {STATE_BYTES * params / GIB:.0f} GiB"
+        yield {
+            "model": f"`{name}`", "params": f"{params / 1e6:,.0f} M", "config": pick_config(params),
+            "fp32 W+G+AdamW GiB (16 B/p)": gib(STATE_BYTES * params),
+            "1 GPU bf16 GiB (18 B/p)": gib(ONE_GPU_BYTES * params),
+            "DDP per GPU GiB (22 B/p)": gib(DDP_BYTES * params),
+            f"FSDP2 min GPUs {' / '.join(map(str, GPUS))} GiB, with or without accumulation":
+                " / ".join(str(n) if n else "-" for n in sharded),
+            "same, if accumulation kept gradients unsharded (accelerate's default)":
+                " / ".join(str(n) if n else "-" for n in unsharded),
+            "+ GiB per GPU that would cost": gib(UNSHARDED_GRAD_BYTES * params),
+            "full checkpoint GiB (12 B/p)": gib(CHECKPOINT_BYTES * params),
+            "CPU offload on 1 GPU": f"yes on {', '.join(offload)} GiB ({host_ram})" if offload else "no",
+        }
 
 
 def main(argv=None):
@@ -135,16 +184,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     hf_logging.set_verbosity_error()
     print(f"Command: `python bench/scale_guide.py --headroom {args.headroom}`\n")
-    header = ("model", "params", "fp32 W+G+AdamW GiB (16 B/p)", "bf16-mixed peak GiB (18 B/p)", "config",
-              f"min GPUs, FSDP full shard, {' / '.join(map(str, GPUS))} GiB",
-              "CPU offload on 1 GPU")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
     with contextlib.redirect_stderr(io.StringIO()):  # transformers' meta-init chatter
-        for row in rows(args.headroom):
-            print("| " + " | ".join(row) + " |")
-    print(f"\nActivations not included; {args.headroom:.0%} of each GPU reserved for them and overheads. "
-          "FSDP per GPU = 16 B x params / N + 4 B x (non-layer params + 2 layers) in flight.")
+        table = list(rows(args.headroom))
+    print("| " + " | ".join(table[0]) + " |")
+    print("|" + "---|" * len(table[0]))
+    for row in table:
+        print("| " + " | ".join(row.values()) + " |")
+    print(f"\nActivations not included; {args.headroom:.0%} of each GPU reserved for them and overheads. FSDP2 per "
+          "GPU = 16 B x one rank's shard + 4 B x (non-layer params + 2 layers) in flight (+ 2 B x params with "
+          "unsharded accumulation).")
 
 
 if __name__ == "__main__":

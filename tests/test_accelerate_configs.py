@@ -23,7 +23,8 @@ from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
 from accelerate.utils.launch import prepare_multi_gpu_env
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
-from absa.launch import check_distributed_setup, fsdp_wrap_classes
+from absa.launch import check_distributed_setup, fsdp_wrap_classes, make_fsdp_ready
+from absa.model import AbsaClassifier
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "accelerate_configs"
@@ -41,7 +42,13 @@ DEBERTA = dict(relative_attention=True, position_buckets=8, pos_att_type=["p2c",
 FAMILIES = {
     "bert": {}, "roberta": {}, "xlm-roberta": {}, "xlm-roberta-xl": {}, "electra": {},
     "deberta-v2": DEBERTA,
+    # transformers declares no _no_split_modules for these: the layers are found by structure.
+    "distilbert": {"hidden_dim": 37}, "albert": {"embedding_size": 16},
 }
+# The class of each family's repeated block (ALBERT: one AlbertLayer in one shared group, run num_hidden_layers times).
+LAYER_CLASS = {"bert": "BertLayer", "roberta": "RobertaLayer", "xlm-roberta": "XLMRobertaLayer",
+               "xlm-roberta-xl": "XLMRobertaXLLayer", "electra": "ElectraLayer", "deberta-v2": "DebertaV2Layer",
+               "distilbert": "TransformerBlock", "albert": "AlbertLayer"}
 
 
 def tiny_config(model_type, **extra):
@@ -55,17 +62,6 @@ def encoder_without_pooler(config):
         return AutoModel.from_config(config, add_pooling_layer=False)
     except TypeError:  # DeBERTa-v2, ELECTRA have no pooler
         return AutoModel.from_config(config)
-
-
-class AbsaLike(torch.nn.Module):
-    """Stand-in for absa.model.AbsaClassifier: encoder + dropout + linear, `_no_split_modules` set."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.encoder = encoder_without_pooler(config)
-        self.dropout = torch.nn.Dropout(0.1)
-        self.head = torch.nn.Linear(config.hidden_size, config.num_labels)
-        self._no_split_modules = fsdp_wrap_classes(self.encoder)
 
 
 def launch_env(config_name, *extra):
@@ -151,31 +147,42 @@ def resolved_wrap_classes(model, monkeypatch):
     return [type(m) for m in model.modules() if policy(m)]
 
 
+def build(kind, config):
+    """The scripts' models: AbsaClassifier around an encoder, or AutoModelForSequenceClassification."""
+    if kind == "absa":
+        return AbsaClassifier(encoder_without_pooler(config))
+    return make_fsdp_ready(AutoModelForSequenceClassification.from_config(config))
+
+
 @pytest.mark.parametrize("kind", ["absa", "seqcls"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_xl_config_wraps_every_encoder_layer(family, kind, monkeypatch):
-    config = tiny_config(family)
-    if kind == "absa":
-        model = AbsaLike(config)
-        base = model.encoder
-    else:
-        model = AutoModelForSequenceClassification.from_config(config)
-        model._no_split_modules = fsdp_wrap_classes(model)
-        base = model.base_model
-    layer_cls = type(base.encoder.layer[0])
+    model = build(kind, tiny_config(family))
+    layers = [m for m in model.modules() if type(m).__name__ == LAYER_CLASS[family]]
+    assert layers and model._no_split_modules == [LAYER_CLASS[family]]
     wrapped = resolved_wrap_classes(model, monkeypatch)
-    assert wrapped.count(layer_cls) == config.num_hidden_layers
-    module_classes = {type(m) for m in model.modules()}
-    assert set(wrapped) <= module_classes
+    # Every layer is a unit of its own, and nothing else but them (accelerate adds the input embedding).
+    assert len(wrapped) == len(layers) and set(wrapped) == {type(layers[0])}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_fsdp_wrap_classes_are_the_encoder_layers(family):
     encoder = encoder_without_pooler(tiny_config(family))
-    # Not transformers' list: empty for DeBERTa-v2 / ELECTRA, and BERT's names BertEmbeddings.
-    assert fsdp_wrap_classes(encoder) == [type(encoder.encoder.layer[0]).__name__]
-    model = AutoModelForSequenceClassification.from_config(tiny_config(family))
-    assert fsdp_wrap_classes(model) == [type(model.base_model.encoder.layer[0]).__name__]
+    # Not transformers' list: empty for DeBERTa-v2 / ELECTRA / DistilBERT / ALBERT, and BERT's names BertEmbeddings.
+    assert fsdp_wrap_classes(encoder) == [LAYER_CLASS[family]]
+
+
+def test_model_without_repeated_layers_warns_under_fsdp(monkeypatch, caplog):
+    # A list of torch's own modules (here Linear heads) is not a stack of layers.
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ModuleList([torch.nn.Linear(4, 2)] * 2))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with caplog.at_level("WARNING", logger="absa.launch"):
+        assert make_fsdp_ready(model)._no_split_modules == []
+    assert "whole model is one FSDP unit" in caplog.text
+    caplog.clear()
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    make_fsdp_ready(model)
+    assert not caplog.text  # without FSDP it does not matter
 
 
 # ---------------------------------------------------------------- check_distributed_setup, in-process
@@ -311,3 +318,111 @@ def test_scale_guide_counts_match_real_model(family, extra):
     real = encoder_without_pooler(config)
     assert total == sum(p.numel() for p in real.parameters())
     assert layer == sum(p.numel() for p in real.encoder.layer[0].parameters())
+
+
+# ---------------------------------------------------------------- several machines: one shared output_dir
+
+MACHINE_PROBE = textwrap.dedent("""
+    import sys
+    from accelerate import Accelerator
+    from absa.launch import check_shared_output_dir
+    accelerator = Accelerator()
+    check_shared_output_dir(accelerator, sys.argv[1])
+    print(f"OK rank={accelerator.process_index} local={accelerator.local_process_index}", flush=True)
+    accelerator.end_training()
+""")
+
+
+def two_machines(tmp_path, folder_of_machine) -> list[subprocess.CompletedProcess]:
+    """Two torchrun "machines" of one process each on this host (static rendezvous, like accelerate's multi-node
+    launch); machine R runs in folder_of_machine[R] with the relative --output_dir `run`."""
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    (tmp_path / "probe.py").write_text(MACHINE_PROBE)
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
+    processes = []
+    for machine, folder in enumerate(folder_of_machine):
+        folder.mkdir(exist_ok=True)
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(machine),
+             "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+             str(tmp_path / "probe.py"), "run"],
+            cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return [subprocess.CompletedProcess(p.args, p.wait(timeout=120), *p.communicate()) for p in processes]
+
+
+@pytest.mark.multiprocess
+def test_machines_with_their_own_output_dir_are_refused(tmp_path):
+    done = two_machines(tmp_path, [tmp_path / "machine0", tmp_path / "machine1"])
+    for machine in done:  # every process stops with the same line, before anything is trained
+        assert machine.returncode != 0 and "OK rank" not in machine.stdout
+        assert "is not one shared folder for all 2 machines" in machine.stderr, machine.stderr[-2000:]
+        assert "process(es) [1]" in machine.stderr
+
+
+@pytest.mark.multiprocess
+def test_machines_sharing_the_output_dir_pass(tmp_path):
+    shared = tmp_path / "shared"
+    done = two_machines(tmp_path, [shared, shared])
+    for machine, rank in zip(done, (0, 1)):
+        assert machine.returncode == 0, machine.stderr[-3000:]
+        assert f"OK rank={rank} local=0" in machine.stdout
+    assert list((shared / "run").iterdir()) == []  # the check leaves nothing behind
+
+
+def test_make_accelerator_checks_the_output_dir(clean_env, monkeypatch, tmp_path):
+    import absa.training
+
+    checked = []
+    monkeypatch.setattr(absa.training, "check_shared_output_dir", lambda acc, folder: checked.append(folder))
+    absa.training.make_accelerator(absa.training.TrainingSettings(output_dir=str(tmp_path / "run")))
+    assert checked == [str(tmp_path / "run")]
+
+
+@pytest.fixture(scope="module")
+def scale_guide():
+    return load_scale_guide()
+
+
+@pytest.mark.parametrize("gpus", [3, 8])
+def test_scale_guide_shard_is_what_fully_shard_stores(scale_guide, gpus):
+    """One rank's share of XLM-R XL (the real config, on meta), counted by the guide and by torch's fully_shard
+    itself on a fake process group of `gpus` ranks, per layer as accelerate wraps it."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    name, model_type, values = next(m for m in scale_guide.MODELS if m[0] == "facebook/xlm-roberta-xl")
+    config = AutoConfig.for_model(model_type, **values)
+    model = scale_guide.build_meta(config)
+    dist.init_process_group("fake", store=FakeStore(), rank=gpus - 1, world_size=gpus)  # the last rank: padding
+    try:
+        classes = fsdp_wrap_classes(model)
+        for module in list(model.modules())[::-1]:
+            if type(module).__name__ in classes:
+                fully_shard(module)
+        fully_shard(model)
+        stored = sum(param._sharded_param_data.numel() for module in model.modules() if isinstance(module, FSDPModule)
+                     for group in module._get_fsdp_state()._fsdp_param_groups for param in group.fsdp_params)
+    finally:
+        dist.destroy_process_group()
+    assert stored == scale_guide.shard_elements(scale_guide.parameter_shapes(config), gpus)
+    assert stored * gpus >= scale_guide.count_params(config)[0]
+
+
+def test_scale_guide_table_is_the_readme_and_the_yaml_comments(scale_guide, capsys):
+    """accelerate_configs/README.md shows the guide's output as it is, and xl.yaml / xxl.yaml state its GPU counts."""
+    scale_guide.main(["--headroom", "0.2"])
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    readme = (CONFIGS / "README.md").read_text().splitlines()
+    assert len(table) == 13 and all(line in readme for line in table)
+    rows = {row["model"]: row for row in scale_guide.rows(0.2)}
+    gpus_key = next(key for key in rows["`facebook/xlm-roberta-xl`"] if key.startswith("FSDP2 min GPUs"))
+    for name, yaml in (("facebook/xlm-roberta-xl", "xl.yaml"), ("facebook/xlm-roberta-xxl", "xxl.yaml")):
+        counts = rows[f"`{name}`"][gpus_key].split(" / ")
+        stated = ", ".join(f">= {n} x {size} GiB" for n, size in zip(counts, scale_guide.GPUS))
+        assert f"{name.split('/')[1]}: {stated}" in (CONFIGS / yaml).read_text(), stated

@@ -10,6 +10,7 @@ SHARDED_STATE_DICT checkpoints and resume. `pytest -m "" -k fsdp2` selects exact
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -116,41 +117,70 @@ def test_fsdp2_finetune_absa_trains_saves_reloads_and_tests(tiny_model_dirs, abs
         assert again["test"] == json.loads(results_file)["test"]
 
 
-# Two processes with BERT, one with DeBERTa-v2 by default (its 2-process case is marked slow: the suite's time budget).
+def pipeline_scores(model_dir: Path, texts: list[str]) -> list[list[float]]:
+    """What a user of the saved folder gets: transformers' text-classification pipeline, one process, fp32."""
+    import transformers
+
+    classifier = transformers.pipeline("text-classification", model=str(model_dir), device="cpu")
+    names = [classifier.model.config.id2label[i] for i in range(classifier.model.config.num_labels)]
+    return [[{item["label"]: item["score"] for item in output}[name] for name in names]
+            for output in classifier(texts, top_k=None, truncation=True)]
+
+
+# BERT on 1 and 2 processes, DeBERTa-v2 on 1 by default (its 2-process case is marked slow: the suite's time budget).
+# Two processes run xl.yaml's bf16 MixedPrecisionPolicy, and every weight of rank 1, the new head included, starts on
+# the meta device (cpu_ram_efficient_loading). One process runs in fp32, where the reloaded best model must give
+# the run's test probabilities to 1e-5.
 @pytest.mark.parametrize("processes,family", [(1, "bert"), (2, "bert"), (1, "deberta-v2"),
                                               pytest.param(2, "deberta-v2", marks=pytest.mark.slow)])
 def test_fsdp2_finetune_seqcls_trains_saves_reloads_and_tests(tiny_model_dirs, tmp_path, processes, family):
     # BERT: transformers names BertEmbeddings among its no-split modules, inside which accelerate would shard the
-    # input embedding twice. DeBERTa-v2: its new head starts on the meta device on rank 1 (cpu_ram_efficient_loading).
+    # input embedding twice. DeBERTa-v2: transformers names no layer class at all.
     from test_seqcls import topic_rows, write_table
-    from transformers import AutoModelForSequenceClassification
 
     data = tmp_path / "data"
     write_table(data / "train.csv", topic_rows(64, 1))
     write_table(data / "validation.csv", topic_rows(13, 2))
     write_table(data / "test.csv", topic_rows(11, 3))
+    write_table(tmp_path / "new.csv", topic_rows(5, 4))
     out = tmp_path / "run"
-    run_fsdp2("finetune_seqcls.py", processes, "--model_name_or_path", tiny_model_dirs[family], "--dataset", data,
-              "--label_column", "category", "--output_dir", out, "--learning_rate", "1e-2", "--max_length", 32,
-              *ABSA_ARGS)
+    precision = "bf16" if processes == 2 else "no"
+    # A large learning rate makes later evaluations worse than early ones, so the best model is not the last one.
+    done = run_fsdp2("finetune_seqcls.py", processes, "--model_name_or_path", tiny_model_dirs[family], "--dataset",
+                     data, "--label_column", "category", "--output_dir", out, "--learning_rate", "1e-2",
+                     "--max_length", 32, *ABSA_ARGS, "--mixed_precision", precision,
+                     "--predict_file", tmp_path / "new.csv", "--text", "the striker scored twice")
     results = json.loads((out / "results.json").read_text())
     assert results["num_processes"] == processes and results["distributed_type"] == "DistributedType.FSDP"
-    predictions = [json.loads(line) for line in (out / "test_predictions.jsonl").read_text().splitlines()]
-    assert len(predictions) == 11
-    model = AutoModelForSequenceClassification.from_pretrained(out / "best_model").eval()
-    from transformers import AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(out / "best_model")
-    encoded = tokenizer([row["text"] for row in predictions], padding=True, truncation=True, return_tensors="pt")
-    with torch.no_grad():
-        probabilities = torch.softmax(model(**encoded).logits.float(), -1)
+    assert results["mixed_precision"] == precision
+    for rank in range(processes):
+        params = int(re.search(rf"rank {rank} of .* of (\d+), mixed precision {precision}", done.stdout)[1])
+        assert f"rank {rank} of {processes}, " in done.stdout
+        assert f"on meta before sharding {params if rank else 0} of {params}" in done.stdout, done.stdout
+    assert results["best_step"] < results["optimizer_steps"], "the test should tell the best from the last model"
+
+    # The test step used the best weights: the saved best model, reloaded in one process, predicts the same.
+    tolerance = 1e-5 if precision == "no" else 2e-2
+    test_rows = [json.loads(line) for line in (out / "test_predictions.jsonl").read_text().splitlines()]
+    assert len(test_rows) == 11
     names = results["label_names"]
-    for row, p in zip(predictions, probabilities.tolist()):
-        assert p == pytest.approx([row["scores"][name] for name in names], abs=1e-5)
+    expected = pipeline_scores(out / "best_model", [row["text"] for row in test_rows])
+    for row, p in zip(test_rows, expected):
+        assert p == pytest.approx([row["scores"][name] for name in names], abs=tolerance)
+
+    # --predict_file / --text: predicted by the sharded model on every process, never by a full copy beside it.
+    assert "pipeline built" not in done.stdout
+    predicted = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [row["row"] for row in predicted][-1] == "--text 1" and len(predicted) == 6
+    expected = pipeline_scores(out / "best_model", [row["text"] for row in predicted])
+    for row, p in zip(predicted, expected):
+        assert p == pytest.approx([row["scores"][name] for name in names], abs=tolerance)
 
 
 def test_fsdp2_resume_after_kill_gives_the_uninterrupted_run(tiny_model_dirs, absa_folder, tmp_path):
+    # In xl.yaml's bf16 (MixedPrecisionPolicy): sharded fp32 master weights and AdamW states saved and resumed.
     args = ["--model_name_or_path", tiny_model_dirs["bert"], "--dataset", absa_folder, "--learning_rate", "3e-3",
-            *ABSA_ARGS, "--checkpoint_every_steps", 4, "--keep_checkpoints", 10]
+            *ABSA_ARGS, "--mixed_precision", "bf16", "--checkpoint_every_steps", 4, "--keep_checkpoints", 10]
     run_fsdp2("finetune_absa.py", 2, *args, "--output_dir", tmp_path / "whole")
 
     command, env = fsdp2_command("finetune_absa.py", 2, *args, "--output_dir", tmp_path / "cut")
