@@ -59,10 +59,10 @@ class EpochSeededSampler(Sampler):
 def fingerprint(dataset, input_ids) -> str:
     """A hash of a split's inputs (ABSA: with the aspects' masks) and labels: the same data gives the same value on
     every process and in every run (about a second per 100,000 examples)."""
-    digest = hashlib.sha256(repr(input_ids).encode())
+    digest = hashlib.sha256(repr(list(input_ids)).encode())  # list(): a datasets Column's repr is a preview
     for name in ("aspect_mask", "labels"):
         if name in dataset.column_names:
-            digest.update(repr(dataset[name]).encode())
+            digest.update(repr(list(dataset[name])).encode())
     return digest.hexdigest()[:16]
 
 
