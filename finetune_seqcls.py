@@ -193,7 +193,7 @@ def main(settings: Settings) -> dict:
     # The schedule counts global optimizer steps (stepped once per step below), so it continues on any number of
     # processes; a prepared scheduler would count steps times processes.
     total_steps = optimizer_steps(settings, len(train_order.lengths), accelerator.num_processes, run)
-    scheduler = linear_schedule(optimizer, settings.warmup_steps, total_steps, run)
+    scheduler = linear_schedule(optimizer, settings.learning_rate, settings.warmup_steps, total_steps, run)
     if settings.report_to:
         accelerator.init_trackers("finetune_seqcls", config={k: str(v) for k, v in asdict(settings).items()})
 

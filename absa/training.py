@@ -233,9 +233,10 @@ def optimizer_steps(settings: TrainingSettings, train_examples: int, num_process
     return min(total, settings.max_steps) if settings.max_steps else total
 
 
-def linear_schedule(optimizer, warmup_steps: int, total_steps: int, run: RunState) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over `warmup_steps` optimizer steps, then linear decay to 0 at `total_steps` (transformers'
-    get_linear_schedule_with_warmup), placed at the run's global optimizer step `run.step`.
+def linear_schedule(optimizer, learning_rate: float, warmup_steps: int, total_steps: int,
+                    run: RunState) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to `learning_rate` over `warmup_steps` optimizer steps, then linear decay to 0 at
+    `total_steps` (transformers' get_linear_schedule_with_warmup), placed at the run's global optimizer step.
 
     Stepped once per optimizer step and rebuilt from `run.step` on resume, so it is where it was on any number of
     processes. A run resumed with another number of steps ahead (another process count or batch size) decays from
@@ -244,6 +245,8 @@ def linear_schedule(optimizer, warmup_steps: int, total_steps: int, run: RunStat
     if run.total_steps not in (0, total_steps) and run.step > warmup_steps:
         run.decay_from = [run.step, linear_scale(run.step, warmup_steps, run.total_steps, run.decay_from)]
     run.total_steps, decay_from = total_steps, run.decay_from
+    for group in optimizer.param_groups:  # the peak; an FSDP2 (DCP) checkpoint's optimizer does not bring it back
+        group["initial_lr"] = learning_rate
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: linear_scale(step, warmup_steps, total_steps, decay_from), last_epoch=run.step - 1)
 

@@ -160,27 +160,25 @@ def test_schedule_continues_from_the_global_step():
             scheduler.step()
         return out
 
-    def optimizer():  # as a checkpoint's optimizer comes back: with the peak learning rate as initial_lr
-        sgd = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-        sgd.param_groups[0]["initial_lr"] = 1.0
-        return sgd
+    def optimizer():
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
 
     # A fresh run: transformers' schedule, value for value.
     reference = get_linear_schedule_with_warmup(optimizer(), 3, 20)
-    fresh = linear_schedule(optimizer(), 3, 20, RunState())
+    fresh = linear_schedule(optimizer(), 1.0, 3, 20, RunState())
     assert lrs(fresh, 20) == lrs(reference, 20)
 
     # Resumed at step 8 with the same plan: the same values on; with 10 steps left instead of 12 (another process
     # count): from the learning rate it had, linearly to 0 at the new last step.
-    again = linear_schedule(optimizer(), 3, 20, RunState(step=8, total_steps=20))
+    again = linear_schedule(optimizer(), 1.0, 3, 20, RunState(step=8, total_steps=20))
     assert lrs(again, 12) == [(20 - s) / 17 for s in range(8, 20)]
     moved = RunState(step=8, total_steps=20)
-    replanned = lrs(linear_schedule(optimizer(), 3, 18, moved), 10)
+    replanned = lrs(linear_schedule(optimizer(), 1.0, 3, 18, moved), 10)
     assert replanned[0] == pytest.approx(12 / 17) and replanned[-1] == pytest.approx(12 / 17 / 10)
     assert all(a > b for a, b in zip(replanned, replanned[1:]))
     # Resumed again with that new plan: the re-planned decay goes on, no jump.
     moved.step = 12
-    assert lrs(linear_schedule(optimizer(), 3, 18, moved), 6) == pytest.approx(replanned[4:])
+    assert lrs(linear_schedule(optimizer(), 1.0, 3, 18, moved), 6) == pytest.approx(replanned[4:])
 
 
 def test_keep_checkpoints_three_keeps_three(tiny_model_dirs, synthetic_folder, tmp_path):
