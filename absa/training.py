@@ -177,6 +177,7 @@ def prepare_output_dir(accelerator: Accelerator, settings: TrainingSettings) -> 
                 print(f"{output_dir}: no checkpoint yet, this seed starts from the beginning")
             elif settings.resume_from_checkpoint:
                 decision[0] = str(find_checkpoint(output_dir, settings.resume_from_checkpoint))
+                restore_best_model(Path(decision[0]), output_dir / BEST_MODEL)
             elif ((output_dir / "results.json").exists() or (output_dir / CHECKPOINTS).exists()) \
                     and not settings.overwrite_output_dir:
                 decision[1] = (f"{output_dir} already holds a run; pass --overwrite_output_dir to replace it, or "
@@ -188,6 +189,31 @@ def prepare_output_dir(accelerator: Accelerator, settings: TrainingSettings) -> 
         raise SystemExit(refusal)
     settings.resume_from_checkpoint = checkpoint
     return output_dir
+
+
+def link_folder(source: Path, target: Path) -> None:
+    """`target` made a copy of the model folder `source`: weights by hard link (no space, no time; weights are
+    only ever written into a new folder, never rewritten), the small files by copy (a threshold is written into
+    config.json in place)."""
+    target.mkdir(parents=True)
+    for path in source.iterdir():
+        try:
+            if path.suffix != ".safetensors":
+                raise OSError
+            os.link(path, target / path.name)
+        except OSError:  # or where the file system has no hard links
+            shutil.copy2(path, target / path.name)
+
+
+def restore_best_model(checkpoint: Path, best_model: Path) -> None:
+    """Put back the best model the checkpoint's run state knows. A newer one, saved after the checkpoint by a run
+    that was then killed, belongs to evaluations the resumed run does not have (and may not repeat, on another
+    number of processes): testing it would report a model the history does not list."""
+    if (checkpoint / BEST_MODEL).is_dir():
+        temporary = best_model.with_name(best_model.name + ".tmp")
+        shutil.rmtree(temporary, ignore_errors=True)
+        link_folder(checkpoint / BEST_MODEL, temporary)
+        replace_folder(temporary, best_model)
 
 
 def checkpoints_in(output_dir: Path) -> list[Path]:
@@ -448,7 +474,8 @@ def read_weights(folder: Path) -> dict:
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> None:
     """`save_state` into a temporary folder, renamed when complete; keep the `keep` newest checkpoints.
 
-    Temporary folders a crash left behind are removed first (they never hold a usable checkpoint).
+    The best model so far goes in too, linked (no copy): resuming puts it back. Temporary folders a crash left
+    behind are removed first (they never hold a usable checkpoint).
     """
     checkpoints = output_dir / CHECKPOINTS
     folder = checkpoints / f"step_{step:07d}"
@@ -460,6 +487,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep:
     accelerator.save_state(str(temporary))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if (output_dir / BEST_MODEL).is_dir():
+            link_folder(output_dir / BEST_MODEL, temporary / BEST_MODEL)
         replace_folder(temporary, folder)
         done = sorted(checkpoints.glob("step_*[0-9]"))
         for old in done[:max(0, len(done) - keep)]:

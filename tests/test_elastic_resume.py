@@ -258,3 +258,20 @@ def test_short_last_accumulation_window_is_a_mean_over_its_examples(tiny_model_d
     two = load_file(tmp_path / "b8x4/best_model/model.safetensors")
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=2e-6)
+
+
+def test_resume_puts_back_the_best_model_of_its_checkpoint(tiny_model_dirs, synthetic_folder, tmp_path):
+    # Killed after saving a new best model but before the next checkpoint: that model belongs to evaluations the
+    # resumed run does not have. Here the run ends at the checkpoint and best_model is then replaced by another.
+    first = run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 4,
+                     "--eval_every_steps", 2)
+    saved = (tmp_path / "run/best_model/model.safetensors").read_bytes()
+    weights = load_file(tmp_path / "run/best_model/model.safetensors")
+    from safetensors.torch import save_file
+    save_file({key: torch.zeros_like(value) for key, value in weights.items()},
+              tmp_path / "run/best_model/model.safetensors.new")
+    os.replace(tmp_path / "run/best_model/model.safetensors.new", tmp_path / "run/best_model/model.safetensors")
+    again = run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 4,
+                     "--eval_every_steps", 2, "--resume_from_checkpoint", "latest")
+    assert (tmp_path / "run/best_model/model.safetensors").read_bytes() == saved
+    assert again["test"] == first["test"] and again["best_step"] == first["best_step"]
