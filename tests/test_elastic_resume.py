@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 import finetune_absa
 from absa.training import RunState, linear_schedule, parse_settings
-from test_finetune_absa import run_main, synthetic_absa, synthetic_folder, write_jsonl  # noqa: F401 (fixture)
+from test_finetune_absa import run_main, synthetic_folder, synthetic_splits, without_dropout  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDER = ROOT / "tests" / "record_examples.py"
@@ -33,11 +33,7 @@ LAUNCH_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_A
 @pytest.fixture
 def data_96(tmp_path):
     """96 training rows: 12 batches of 8, so 1 and 2 processes both split every epoch without padding."""
-    folder = tmp_path / "data_96"
-    write_jsonl(folder / "train.jsonl", synthetic_absa(48, seed=0))
-    write_jsonl(folder / "validation.jsonl", synthetic_absa(10, seed=1))
-    write_jsonl(folder / "test.jsonl", synthetic_absa(10, seed=2))
-    return folder
+    return synthetic_splits(tmp_path / "data_96", 48, 10)
 
 
 def recorded_run(processes: int, record: Path, *args, stop_after: int = 0) -> subprocess.CompletedProcess:
@@ -243,11 +239,7 @@ def test_a_checkpoint_of_another_seed_or_other_data_is_refused(tiny_model_dirs, 
 def test_short_last_accumulation_window_is_a_mean_over_its_examples(tiny_model_dirs, synthetic_folder, tmp_path):
     """300 rows: 32 x 9 + 12 in batches of 32, and the same windows as 8 x 4 accumulated, whose last window holds
     2 batches (8 + 4 rows) instead of 4. Both must take the same steps."""
-    model_dir = tmp_path / "no_dropout"
-    shutil.copytree(tiny_model_dirs["bert"], model_dir)
-    config = json.loads((model_dir / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (model_dir / "config.json").write_text(json.dumps(config))
+    model_dir = without_dropout(tiny_model_dirs["bert"], tmp_path / "no_dropout")
     common = ["--num_epochs", 1, "--warmup_steps", 0, "--group_by_length", "false", "--max_grad_norm", 0,
               "--mixed_precision", "no", "--learning_rate", "1e-3"]
     whole = run_main(model_dir, synthetic_folder, tmp_path / "b32", *common, "--per_device_batch_size", 32)
