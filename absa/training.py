@@ -177,7 +177,6 @@ def prepare_output_dir(accelerator: Accelerator, settings: TrainingSettings) -> 
                 print(f"{output_dir}: no checkpoint yet, this seed starts from the beginning")
             elif settings.resume_from_checkpoint:
                 decision[0] = str(find_checkpoint(output_dir, settings.resume_from_checkpoint))
-                restore_best_model(Path(decision[0]), output_dir / BEST_MODEL)
             elif ((output_dir / "results.json").exists() or (output_dir / CHECKPOINTS).exists()) \
                     and not settings.overwrite_output_dir:
                 decision[1] = (f"{output_dir} already holds a run; pass --overwrite_output_dir to replace it, or "
@@ -235,9 +234,12 @@ def find_checkpoint(output_dir: Path, spec: str) -> Path:
 
 
 def clear_output_dir(accelerator: Accelerator, output_dir: Path, settings: TrainingSettings) -> None:
-    """Remove the previous run's checkpoints and results when starting over; called once the data has loaded,
-    so that bad data never costs a user the previous run."""
-    if accelerator.is_main_process and not settings.resume_from_checkpoint:
+    """Remove the previous run's checkpoints and results when starting over, or put back the checkpoint's best
+    model when resuming; called once the data has loaded and the checkpoint is accepted, so that bad data or a
+    refused resume never changes what the previous run left."""
+    if accelerator.is_main_process and settings.resume_from_checkpoint:
+        restore_best_model(Path(settings.resume_from_checkpoint), output_dir / BEST_MODEL)
+    elif accelerator.is_main_process:
         for name in (CHECKPOINTS, BEST_MODEL, "results.json", "metrics.jsonl"):
             path = output_dir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
@@ -403,7 +405,8 @@ def resume_message(accelerator: Accelerator, settings: TrainingSettings, run: Ru
                    train_examples: int) -> str:
     """One line: where the run continues, and whether it continues exactly as the interrupted run would have."""
     where = (f"resumed from {checkpoint} (epoch {run.epoch + 1}, step {run.step}, example {run.examples_in_epoch} "
-             f"of {train_examples})")
+             f"of {train_examples})" if run.epoch < settings.num_epochs else
+             f"resumed from {checkpoint} (step {run.step}, all {run.epoch} epochs done)")
     before = (run.num_processes, run.per_device_batch_size)
     if before == (accelerator.num_processes, settings.per_device_batch_size):
         return where

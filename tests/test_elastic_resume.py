@@ -227,6 +227,7 @@ def test_several_seeds_resume_each_its_own(tiny_model_dirs, synthetic_folder, tm
 
 def test_a_checkpoint_of_another_seed_or_other_data_is_refused(tiny_model_dirs, synthetic_folder, data_96, tmp_path):
     run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 2)
+    (tmp_path / "run/best_model/README.md").write_text("a refused resume changes nothing\n")
     with pytest.raises(SystemExit, match="is a run with --seed 42, not 7"):
         run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 4, "--seed", 7,
                  "--resume_from_checkpoint", "latest")
@@ -234,6 +235,7 @@ def test_a_checkpoint_of_another_seed_or_other_data_is_refused(tiny_model_dirs, 
         run_main(tiny_model_dirs["bert"], data_96, tmp_path / "run", "--max_steps", 4,
                  "--resume_from_checkpoint", "latest")
     assert [p.name for p in (tmp_path / "run/checkpoints").iterdir()] == ["step_0000002"]
+    assert (tmp_path / "run/best_model/README.md").exists()  # best_model was not put back from the checkpoint
 
 
 def test_short_last_accumulation_window_is_a_mean_over_its_examples(tiny_model_dirs, synthetic_folder, tmp_path):
