@@ -27,7 +27,6 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification, DataCollatorWithPadding
-from transformers import get_linear_schedule_with_warmup
 
 from absa.batches import make_dataloaders
 from absa.files import NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError
@@ -38,9 +37,10 @@ from absa.reports import plot_confusion_matrix, plot_curves, write_json, write_j
 from absa.text_data import ALL_METRICS, PROBLEM_TYPES, TASK_METRICS, TASKS, encode_text_splits, load_text_data
 from absa.text_predictions import (labelled_prediction_rows, predict_only, prediction_inputs, prediction_loader,
                                    prediction_records, predictions_path, write_predictions)
-from absa.training import (BEST_MODEL, RunState, TrainingSettings, clear_output_dir, finish_run, load_best_weights,
-                           make_accelerator, optimizer_steps, parse_settings, prepare_output_dir, report_evaluation,
-                           run_for_seeds, run_summary, save_best_model, save_checkpoint)
+from absa.training import (BEST_MODEL, RunState, TrainingSettings, check_resume, clear_output_dir, finish_run,
+                           linear_schedule, load_best_weights, make_accelerator, optimizer_steps, parse_settings,
+                           prepare_output_dir, report_evaluation, resume_message, run_for_seeds, run_summary,
+                           save_best_model, save_checkpoint)
 
 # What the last line prints and the curves show, per task; results.json has every metric.
 HEADLINE = {"single_label": ("accuracy", "macro_f1"),
@@ -155,6 +155,8 @@ def main(settings: Settings) -> dict:
                                settings)  # evaluation loaders keep the row order of `splits`
     accelerator.print(f"task {data.task}, {len(data.label_names)} label(s), texts {'+'.join(data.text_columns)}; "
                       f"{ {split: len(rows) for split, rows in splits.items()} }")
+    train_order = loaders["train"].sampler  # the epoch's seeded order; a resumed run starts inside it
+    check_resume(settings.resume_from_checkpoint, settings, train_order)  # another seed or other data: refused
     clear_output_dir(accelerator, output_dir, settings)
 
     # Model, optimizer (no weight decay on biases and LayerNorm weights) and schedule.
@@ -170,11 +172,7 @@ def main(settings: Settings) -> dict:
                                   fused=settings.fused_adamw or None)
     train_loader, validation_loader, test_loader = accelerator.prepare(
         loaders["train"], loaders["validation"], loaders[test_split])
-    total_steps = optimizer_steps(settings, len(train_loader))
-    # A prepared scheduler steps once per process at every optimizer step, hence the factor.
-    scheduler = get_linear_schedule_with_warmup(optimizer, settings.warmup_steps * accelerator.num_processes,
-                                                total_steps * accelerator.num_processes)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer = accelerator.prepare(model, optimizer)
     # The loss by task (the ones transformers picks from problem_type): cross-entropy, BCE, MSE.
     loss_function = {"single_label": torch.nn.functional.cross_entropy,
                      "multi_label": torch.nn.functional.binary_cross_entropy_with_logits,
@@ -187,41 +185,62 @@ def main(settings: Settings) -> dict:
             return multi_label_metrics(logits, labels, data.label_names, threshold)
         return regression_metrics(logits[:, 0], labels)
 
-    # Where the run is; saved with every checkpoint, so resuming continues exactly (the same batches too).
-    run = RunState()
+    # Where the run is; saved with every checkpoint. On as many processes and the same batch size a resumed run
+    # continues exactly (the same batches too); on others it continues from the example where it stopped.
+    run = RunState(seed=settings.seed, train_data=train_order.fingerprint)
     accelerator.register_for_checkpointing(run)
     if settings.resume_from_checkpoint:
         accelerator.load_state(settings.resume_from_checkpoint)
-        accelerator.print(f"resumed from {settings.resume_from_checkpoint} (epoch {run.epoch + 1}, step {run.step})")
+        accelerator.step = 0  # checkpoints end an accumulation window; the saved count is per process
+        accelerator.print(resume_message(accelerator, settings, run, settings.resume_from_checkpoint,
+                                         len(train_order.lengths)))
+    run.num_processes, run.per_device_batch_size = accelerator.num_processes, settings.per_device_batch_size
+    # The schedule counts global optimizer steps (stepped once per step below), so it continues on any number of
+    # processes; a prepared scheduler would count steps times processes.
+    total_steps = optimizer_steps(settings, len(train_order.lengths), accelerator.num_processes, run)
+    scheduler = linear_schedule(optimizer, settings.learning_rate, settings.warmup_steps, total_steps, run)
     if settings.report_to:
         accelerator.init_trackers("finetune_seqcls", config={k: str(v) for k, v in asdict(settings).items()})
 
     progress = tqdm(total=total_steps, initial=run.step, desc="training", disable=not accelerator.is_main_process)
-    stop = run.at_max_steps(settings)
+    stop = run.at_max_steps(settings) or run.patience_used_up(settings)  # a resumed run that had stopped stays so
+    window_examples = 0  # this process's examples in the current accumulation window
     while run.epoch < settings.num_epochs and not stop:
+        # The epoch's seeded order from the first example not yet trained on, counted over all processes (0 unless
+        # resumed); an epoch begun with another batch size keeps the length grouping it began with.
+        if not run.examples_in_epoch:
+            run.epoch_grouping = [settings.per_device_batch_size, settings.group_by_length]
+        train_order.batch_size, train_order.group_by_length = run.epoch_grouping
+        train_order.start = run.examples_in_epoch
         train_loader.set_epoch(run.epoch)
-        # A resumed run skips the batches of this epoch it already trained on.
-        batches = accelerator.skip_first_batches(train_loader, run.batches_in_epoch) if run.batches_in_epoch \
-            else train_loader
         model.train()
         run.restart_clock()
-        for batch in batches:
+        for batch in train_loader:
             with accelerator.accumulate(model):
                 labels = batch.pop("labels")
                 logits = model(**batch).logits
                 loss = loss_function(logits.float(), labels)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and settings.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                accelerator.backward(loss * len(labels))  # summed over the batch; a mean over the window below
+                window_examples += len(labels)
+                if accelerator.sync_gradients:
+                    # The mean over the window's examples, however many batches it had (an epoch's last window can
+                    # be short): accelerator.backward divided every batch by gradient_accumulation_steps.
+                    for parameter in model.parameters():
+                        if parameter.grad is not None:
+                            parameter.grad *= settings.gradient_accumulation_steps / window_examples
+                    window_examples = 0
+                    if settings.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             run.batch_done(loss, len(labels) * accelerator.num_processes)
             if not accelerator.sync_gradients:
                 continue
             run.step += 1
             progress.update()
-            end_of_epoch = run.batches_in_epoch == len(train_loader)
+            end_of_epoch = run.examples_in_epoch >= len(train_order.lengths)
 
             if run.evaluation_due(settings, end_of_epoch):
                 metrics = compute_metrics(*evaluate(accelerator, model, validation_loader))
@@ -232,9 +251,10 @@ def main(settings: Settings) -> dict:
                     accelerator.set_trigger()
                 stop = accelerator.check_trigger() or run.at_max_steps(settings)
             if end_of_epoch:
-                run.epoch, run.batches_in_epoch = run.epoch + 1, 0
-            if run.checkpoint_due(settings, end_of_epoch):
-                save_checkpoint(accelerator, output_dir, run.step, settings.keep_checkpoints)
+                run.epoch, run.examples_in_epoch = run.epoch + 1, 0
+            every = settings.checkpoint_every_steps
+            if settings.keep_checkpoints and (end_of_epoch or stop or (every and run.step % every == 0)):
+                save_checkpoint(accelerator, output_dir, run.step, settings.keep_checkpoints)  # the last one too
             run.restart_clock()  # evaluation and checkpoint time is not training time
             if stop:
                 break

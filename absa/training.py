@@ -1,8 +1,9 @@
 """What both fine-tuning scripts need around their training loop; the loop itself is written out in each script.
 
 Generic (any encoder, any task): the shared settings and their parsing, the Accelerator, the run folder, the run
-state that makes a resumed run continue exactly (early stopping included), the best-model save and reload that
-also work under FSDP2, atomic checkpoint rotation, several seeds, and the fields of results.json.
+state that makes a resumed run continue where it stopped (early stopping included) on any number of processes,
+the learning-rate schedule in global optimizer steps, the best-model save and reload that also work under FSDP2,
+atomic checkpoint rotation, several seeds, and the fields of results.json.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import GradientAccumulationPlugin, broadcast_object_list, parse_flag_from_env, set_seed
+from accelerate.utils import GradientAccumulationPlugin, broadcast_object_list, parse_flag_from_env, reduce, set_seed
 from safetensors.torch import load_file
 from transformers import HfArgumentParser
 
@@ -68,7 +69,9 @@ class TrainingSettings:
     keep_checkpoints: int = field(default=2, metadata={"help": "How many recent checkpoints to keep (0: write "
                                                                "none; the run cannot be resumed)."})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "A checkpoint folder, or "
-                                               "`latest` for the newest one in output_dir."})
+                                               "`latest` for the newest one in output_dir (with --seeds: each seed's "
+                                               "own; a seed without one starts). Any number of processes or batch "
+                                               "size: the run continues from the example where it stopped."})
     mixed_precision: str | None = field(default=None, metadata={"choices": MIXED_PRECISIONS, "help": "Unset: the "
                                         "accelerate config's choice. auto: the accelerate config's choice under "
                                         "`accelerate launch`, otherwise bf16 autocast where the hardware computes "
@@ -124,6 +127,9 @@ def check_settings(settings: TrainingSettings) -> None:
     for name in ("max_steps", "warmup_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
         if getattr(settings, name) < 0:
             raise SystemExit(f"--{name} must be 0 or more, got {getattr(settings, name)}")
+    if settings.seeds and settings.resume_from_checkpoint not in (None, "latest"):
+        raise SystemExit("--resume_from_checkpoint with --seeds must be `latest`: each seed resumes its own "
+                         "output_dir/seed_N/checkpoints")
     if not 0 < settings.validation_fraction < 1:
         raise SystemExit(f"--validation_fraction must be between 0 and 1, got {settings.validation_fraction}")
 
@@ -172,14 +178,18 @@ def prepare_output_dir(accelerator: Accelerator, settings: TrainingSettings) -> 
     """Refuse to start over a finished run (unless asked) and resolve `--resume_from_checkpoint`.
 
     Decided on the main process and shared, so every process resumes from the same checkpoint or stops with the
-    same message; the main process also puts back a best model that a crash left half-replaced.
+    same message; the main process also puts back a best model that a crash left half-replaced. One seed of
+    several (`run_for_seeds`) resumed with `latest` starts from the beginning when it has no checkpoint yet.
     """
     output_dir = Path(settings.output_dir)
     decision = [None, None]  # (checkpoint to resume from, refusal)
     if accelerator.is_main_process:
         recover_folder(output_dir / BEST_MODEL)
         try:
-            if settings.resume_from_checkpoint:
+            if settings.resume_from_checkpoint == "latest" and settings.seeds and not checkpoints_in(output_dir) \
+                    and not (output_dir / "results.json").exists():
+                print(f"{output_dir}: no checkpoint yet, this seed starts from the beginning")
+            elif settings.resume_from_checkpoint:
                 decision[0] = str(find_checkpoint(output_dir, settings.resume_from_checkpoint))
             elif ((output_dir / "results.json").exists() or (output_dir / CHECKPOINTS).exists()) \
                     and not settings.overwrite_output_dir:
@@ -194,9 +204,39 @@ def prepare_output_dir(accelerator: Accelerator, settings: TrainingSettings) -> 
     return output_dir
 
 
+def link_folder(source: Path, target: Path) -> None:
+    """`target` made a copy of the model folder `source`: weights by hard link (no space, no time; weights are
+    only ever written into a new folder, never rewritten), the small files by copy (a threshold is written into
+    config.json in place)."""
+    target.mkdir(parents=True)
+    for path in source.iterdir():
+        try:
+            if path.suffix != ".safetensors":
+                raise OSError
+            os.link(path, target / path.name)
+        except OSError:  # or where the file system has no hard links
+            shutil.copy2(path, target / path.name)
+
+
+def restore_best_model(checkpoint: Path, best_model: Path) -> None:
+    """Put back the best model the checkpoint's run state knows. A newer one, saved after the checkpoint by a run
+    that was then killed, belongs to evaluations the resumed run does not have (and may not repeat, on another
+    number of processes): testing it would report a model the history does not list."""
+    if (checkpoint / BEST_MODEL).is_dir():
+        temporary = best_model.with_name(best_model.name + ".tmp")
+        shutil.rmtree(temporary, ignore_errors=True)
+        link_folder(checkpoint / BEST_MODEL, temporary)
+        replace_folder(temporary, best_model)
+
+
+def checkpoints_in(output_dir: Path) -> list[Path]:
+    """The finished checkpoints of a run, oldest first."""
+    return sorted((output_dir / CHECKPOINTS).glob("step_*[0-9]")) if (output_dir / CHECKPOINTS).is_dir() else []
+
+
 def find_checkpoint(output_dir: Path, spec: str) -> Path:
     if spec == "latest":
-        done = sorted((output_dir / CHECKPOINTS).glob("step_*[0-9]")) if (output_dir / CHECKPOINTS).is_dir() else []
+        done = checkpoints_in(output_dir)
         if not done:
             raise SystemExit(f"--resume_from_checkpoint latest: no checkpoint in {output_dir / CHECKPOINTS}")
         return done[-1]
@@ -208,9 +248,12 @@ def find_checkpoint(output_dir: Path, spec: str) -> Path:
 
 
 def clear_output_dir(accelerator: Accelerator, output_dir: Path, settings: TrainingSettings) -> None:
-    """Remove the previous run's checkpoints and results when starting over; called once the data has loaded,
-    so that bad data never costs a user the previous run."""
-    if accelerator.is_main_process and not settings.resume_from_checkpoint:
+    """Remove the previous run's checkpoints and results when starting over, or put back the checkpoint's best
+    model when resuming; called once the data has loaded and the checkpoint is accepted, so that bad data or a
+    refused resume never changes what the previous run left."""
+    if accelerator.is_main_process and settings.resume_from_checkpoint:
+        restore_best_model(Path(settings.resume_from_checkpoint), output_dir / BEST_MODEL)
+    elif accelerator.is_main_process:
         for name in (CHECKPOINTS, BEST_MODEL, "results.json", "metrics.jsonl"):
             path = output_dir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
@@ -218,28 +261,71 @@ def clear_output_dir(accelerator: Accelerator, output_dir: Path, settings: Train
     accelerator.wait_for_everyone()
 
 
-def optimizer_steps(settings: TrainingSettings, batches_per_epoch: int) -> int:
-    """Optimizer steps of the whole run, from the batches per epoch of the prepared (per-process) train loader."""
-    total = math.ceil(batches_per_epoch / settings.gradient_accumulation_steps) * settings.num_epochs
+def optimizer_steps(settings: TrainingSettings, train_examples: int, num_processes: int, run: RunState) -> int:
+    """The run's last optimizer step: the steps taken, then those of the rest of this epoch and of the epochs left
+    at this number of processes and batch size (Accelerate gives every process as many batches; an epoch's last
+    window of fewer batches is a step too)."""
+    def steps(examples: int) -> int:
+        batches = math.ceil(math.ceil(examples / settings.per_device_batch_size) / num_processes)
+        return math.ceil(batches / settings.gradient_accumulation_steps)
+
+    epochs_left = settings.num_epochs - run.epoch - 1
+    total = run.step + (steps(train_examples - run.examples_in_epoch) + epochs_left * steps(train_examples)
+                        if epochs_left >= 0 else 0)
     return min(total, settings.max_steps) if settings.max_steps else total
+
+
+def linear_schedule(optimizer, learning_rate: float, warmup_steps: int, total_steps: int,
+                    run: RunState) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to `learning_rate` over `warmup_steps` optimizer steps, then linear decay to 0 at
+    `total_steps` (transformers' get_linear_schedule_with_warmup), placed at the run's global optimizer step.
+
+    Stepped once per optimizer step and rebuilt from `run.step` on resume, so it is where it was on any number of
+    processes. A run resumed with another number of steps ahead (another process count or batch size) decays from
+    the learning rate it had to 0 at its new last step: no jump, and no steps left at learning rate 0.
+    """
+    if run.total_steps not in (0, total_steps) and run.step > warmup_steps:
+        run.decay_from = [run.step, linear_scale(run.step, warmup_steps, run.total_steps, run.decay_from)]
+    run.total_steps, decay_from = total_steps, run.decay_from
+    for group in optimizer.param_groups:  # the peak; an FSDP2 (DCP) checkpoint's optimizer does not bring it back
+        group["initial_lr"] = learning_rate
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: linear_scale(step, warmup_steps, total_steps, decay_from), last_epoch=run.step - 1)
+
+
+def linear_scale(step: int, warmup_steps: int, total_steps: int, decay_from: list) -> float:
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    start, scale = decay_from or (warmup_steps, 1.0)
+    return scale * max(0.0, (total_steps - step) / max(1, total_steps - start))
 
 
 @dataclass
 class RunState:
     """Where the run is, saved in every checkpoint (`accelerator.register_for_checkpointing`), so a resumed run
-    continues exactly: position, counters, validation history, early stopping and the running training loss."""
+    continues where it stopped: position, counters, validation history, early stopping and the running training
+    loss. The position counts examples of the epoch's seeded order and global optimizer steps, which do not depend
+    on the number of processes or the batch size, so a run resumes on any number of processes."""
 
     epoch: int = 0  # epochs finished
-    batches_in_epoch: int = 0  # batches of the current epoch already trained on
-    step: int = 0  # optimizer steps
+    examples_in_epoch: int = 0  # examples of the epoch's seeded order trained on, all processes together
+    epoch_grouping: list = field(default_factory=list)  # [batch size, group_by_length] the epoch's order was made with
+    step: int = 0  # optimizer steps, global
+    total_steps: int = 0  # the schedule's last step, as planned at the last (re)start
+    decay_from: list = field(default_factory=list)  # [step, scale] where a re-planned decay began
     train_samples: int = 0
     train_seconds: float = 0.0  # training only: evaluation and checkpoint time are not counted
-    train_loss_sum: float = 0.0  # since the last evaluation
-    train_loss_batches: int = 0
+    train_loss_sum: float = 0.0  # since the last evaluation, per process (the mean over processes once folded)
+    train_loss_batches: int = 0  # per process
     history: list = field(default_factory=list)  # one row per evaluation
     best: float | None = None
     best_step: int | None = None
     evaluations_without_improvement: int = 0
+    # What the position belongs to: a checkpoint of another seed or other training data is refused.
+    seed: int | None = None
+    train_data: str = ""  # the train sampler's fingerprint
+    num_processes: int = 1  # and batch size: what the run last trained with, for the resume message
+    per_device_batch_size: int = 0
 
     def __post_init__(self):
         self._loss_sum = None  # on the device: read once per evaluation or checkpoint, not once per step
@@ -252,7 +338,7 @@ class RunState:
         """Count one trained batch: its loss, its samples (all processes) and the time since the last one."""
         self._loss_sum = loss.detach() if self._loss_sum is None else self._loss_sum + loss.detach()
         self.train_loss_batches += 1
-        self.batches_in_epoch += 1
+        self.examples_in_epoch += samples
         self.train_samples += samples
         now = time.perf_counter()
         self.train_seconds += now - self._clock
@@ -264,10 +350,6 @@ class RunState:
         if settings.eval_every_steps:  # every N steps, and at the end of the run
             return self.step % settings.eval_every_steps == 0 or (end_of_epoch and self.epoch + 1 == settings.num_epochs)
         return end_of_epoch
-
-    def checkpoint_due(self, settings: TrainingSettings, end_of_epoch: bool) -> bool:
-        every = settings.checkpoint_every_steps
-        return settings.keep_checkpoints > 0 and (end_of_epoch or bool(every and self.step % every == 0))
 
     def at_max_steps(self, settings: TrainingSettings) -> bool:
         return bool(settings.max_steps) and self.step >= settings.max_steps
@@ -299,14 +381,52 @@ class RunState:
         return accelerator.reduce(local, "mean").item() / self.train_loss_batches
 
     def state_dict(self) -> dict:
-        if self._loss_sum is not None:  # the device sum folded in, so the checkpoint holds a plain number
-            self.train_loss_sum += self._loss_sum.item()
-            self._loss_sum = None
+        """`save_state` asks every process for this; only the main process's is written. So the training loss
+        summed on each process is folded into its mean over processes (the same on all), which a resumed run on
+        any number of processes continues to add to."""
+        state = PartialState()
+        if self._loss_sum is not None or state.num_processes > 1:
+            local = torch.tensor(self.train_loss_sum, dtype=torch.float32, device=state.device)
+            if self._loss_sum is not None:
+                local = local + self._loss_sum.float()
+            self.train_loss_sum, self._loss_sum = reduce(local, "mean").item(), None
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
     def load_state_dict(self, state: dict) -> None:
         self.__dict__.update(state)
         self._loss_sum = None
+
+
+def check_resume(checkpoint: str | None, settings: TrainingSettings, train_order) -> None:
+    """Refuse, before the model loads, a checkpoint whose position means nothing here: another seed, other
+    training data, or a checkpoint of an earlier version that counted batches per process."""
+    if not checkpoint:
+        return
+    saved = torch.load(Path(checkpoint) / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=False)
+    if "examples_in_epoch" not in saved:
+        raise SystemExit(f"{checkpoint}: written by an earlier version of this script, whose position this one "
+                         "cannot read; finish that run with the version that wrote it, or start over")
+    if saved["seed"] != settings.seed:
+        raise SystemExit(f"{checkpoint} is a run with --seed {saved['seed']}, not {settings.seed}: resume it with "
+                         f"--seed {saved['seed']}, or start over with --overwrite_output_dir")
+    if saved["train_data"] != train_order.fingerprint:
+        raise SystemExit(f"{checkpoint} was trained on other training data (fingerprint {saved['train_data']}, "
+                         f"now {train_order.fingerprint}): resume it on the same data, or start over with "
+                         "--overwrite_output_dir")
+
+
+def resume_message(accelerator: Accelerator, settings: TrainingSettings, run: RunState, checkpoint: str,
+                   train_examples: int) -> str:
+    """One line: where the run continues, and whether it continues exactly as the interrupted run would have."""
+    where = (f"resumed from {checkpoint} (epoch {run.epoch + 1}, step {run.step}, example {run.examples_in_epoch} "
+             f"of {train_examples})" if run.epoch < settings.num_epochs else
+             f"resumed from {checkpoint} (step {run.step}, all {run.epoch} epochs done)")
+    before = (run.num_processes, run.per_device_batch_size)
+    if before == (accelerator.num_processes, settings.per_device_batch_size):
+        return where
+    return (f"{where} on {accelerator.num_processes} process(es) x batch {settings.per_device_batch_size}, not "
+            f"{before[0]} x {before[1]}: each remaining example is trained on once per epoch and the learning rate "
+            "continues from this step, but the batches, and so the numbers, differ from an uninterrupted run's")
 
 
 def report_evaluation(accelerator: Accelerator, run: RunState, output_dir: Path, progress=None) -> None:
@@ -371,7 +491,8 @@ def read_weights(folder: Path) -> dict:
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> None:
     """`save_state` into a temporary folder, renamed when complete; keep the `keep` newest checkpoints.
 
-    Temporary folders a crash left behind are removed first (they never hold a usable checkpoint).
+    The best model so far goes in too, linked (no copy): resuming puts it back. Temporary folders a crash left
+    behind are removed first (they never hold a usable checkpoint).
     """
     checkpoints = output_dir / CHECKPOINTS
     folder = checkpoints / f"step_{step:07d}"
@@ -383,9 +504,11 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep:
     accelerator.save_state(str(temporary))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if (output_dir / BEST_MODEL).is_dir():
+            link_folder(output_dir / BEST_MODEL, temporary / BEST_MODEL)
         replace_folder(temporary, folder)
         done = sorted(checkpoints.glob("step_*[0-9]"))
-        for old in done[:len(done) - keep]:
+        for old in done[:max(0, len(done) - keep)]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
 
@@ -404,8 +527,9 @@ def run_for_seeds(main, settings: TrainingSettings, keys) -> list[dict]:
     if not settings.seeds:
         runs = [main(settings)]
     else:
-        runs = [main(replace(settings, seed=seed, seeds=[], output_dir=str(Path(settings.output_dir) / f"seed_{seed}")))
-                for seed in settings.seeds]
+        # seeds=[seed]: this run is one seed of several (`prepare_output_dir` lets one without a checkpoint start)
+        runs = [main(replace(settings, seed=seed, seeds=[seed],
+                             output_dir=str(Path(settings.output_dir) / f"seed_{seed}"))) for seed in settings.seeds]
         summary = summarize_seeds(runs, keys)
         if PartialState().is_main_process:  # the Accelerator exists by now
             write_json(Path(settings.output_dir) / "seeds_summary.json", {"seeds": settings.seeds, **summary})
@@ -434,7 +558,7 @@ def run_summary(accelerator: Accelerator, run: RunState, settings: TrainingSetti
     best_row = next(row for row in run.history if row["step"] == run.best_step)
     return {
         "best_step": best_row["step"], "best_epoch": best_row["epoch"], "best_validation": best_row,
-        "epochs_run": run.epoch + (run.batches_in_epoch > 0), "optimizer_steps": run.step,
+        "epochs_run": run.epoch + (run.examples_in_epoch > 0), "optimizer_steps": run.step,
         "train_samples_per_second": run.train_samples / max(run.train_seconds, 1e-9),
         "train_seconds": run.train_seconds, "wall_seconds": time.time() - started,
         "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,

@@ -46,12 +46,24 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
+def synthetic_splits(folder: Path, train: int, evaluation: int) -> Path:
+    """train / validation / test JSONL files of `train`, `evaluation` and `evaluation` synthetic sentences."""
+    for split, sentences, seed in (("train", train, 0), ("validation", evaluation, 1), ("test", evaluation, 2)):
+        write_jsonl(folder / f"{split}.jsonl", synthetic_absa(sentences, seed=seed))
+    return folder
+
+
 @pytest.fixture
 def synthetic_folder(tmp_path):
-    folder = tmp_path / "data"
-    write_jsonl(folder / "train.jsonl", synthetic_absa(150, seed=0))
-    write_jsonl(folder / "validation.jsonl", synthetic_absa(25, seed=1))  # 50 rows: not a multiple of 2 x 8
-    write_jsonl(folder / "test.jsonl", synthetic_absa(25, seed=2))
+    return synthetic_splits(tmp_path / "data", 150, 25)  # 50 validation rows: not a multiple of 2 x 8
+
+
+def without_dropout(model_dir: Path, folder: Path) -> Path:
+    """A copy of the model folder whose forward pass is deterministic (dropout 0)."""
+    shutil.copytree(model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
     return folder
 
 
@@ -185,11 +197,7 @@ def test_early_stopping_stops_the_run(tiny_model_dirs, synthetic_folder, tmp_pat
 
 
 def test_gradient_accumulation_matches_a_larger_batch(tiny_model_dirs, synthetic_folder, tmp_path):
-    model_dir = tmp_path / "no_dropout"
-    shutil.copytree(tiny_model_dirs["bert"], model_dir)
-    config = json.loads((model_dir / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (model_dir / "config.json").write_text(json.dumps(config))
+    model_dir = without_dropout(tiny_model_dirs["bert"], tmp_path / "no_dropout")
     # fp32: bf16 rounds the two batch shapes differently, which would hide a real accumulation mistake
     common = ["--max_steps", 1, "--warmup_steps", 0, "--group_by_length", "false", "--max_grad_norm", 0,
               "--mixed_precision", "no"]
@@ -263,9 +271,8 @@ def test_several_seeds_report_mean_and_range(tiny_model_dirs, synthetic_folder, 
 
 def _final_state(output_dir: Path):
     results = json.loads((output_dir / "results.json").read_text())
-    history = [{k: v for k, v in row.items() if k != "train_loss"} for row in results["validation_history"]]
     last = sorted((output_dir / "checkpoints").glob("step_*[0-9]"))[-1]
-    return results, history, load_file(last / "model.safetensors")
+    return results, results["validation_history"], load_file(last / "model.safetensors")
 
 
 def _kill_when(process, path_glob: str, root: Path, timeout=120):
@@ -300,7 +307,7 @@ def test_resume_gives_the_same_run(tiny_model_dirs, synthetic_folder, tmp_path, 
                              env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     whole, cut = _final_state(tmp_path / "whole"), _final_state(tmp_path / "cut")
-    assert cut[1] == whole[1]  # the same validation history, step by step
+    assert cut[1] == whole[1]  # the same validation history, step by step, the training loss included
     assert cut[0]["test"]["accuracy"] == whole[0]["test"]["accuracy"]
     assert cut[0]["test"]["loss"] == pytest.approx(whole[0]["test"]["loss"], abs=1e-6)
     for key, value in whole[2].items():
