@@ -282,9 +282,14 @@ def linear_schedule(optimizer, learning_rate: float, warmup_steps: int, total_st
 
     Stepped once per optimizer step and rebuilt from `run.step` on resume, so it is where it was on any number of
     processes. A run resumed with another number of steps ahead (another process count or batch size) decays from
-    the learning rate it had to 0 at its new last step: no jump, and no steps left at learning rate 0.
+    the learning rate it had to 0 at its new last step: no jump, and no steps left at learning rate 0. A run whose
+    schedule had ended (it stopped at --max_steps or after its last epoch) and is given more steps or epochs had
+    learning rate 0: it follows the schedule planned for its new last step instead (as if planned so from the start),
+    or every step it is given would change nothing.
     """
-    if run.total_steps not in (0, total_steps) and run.step > warmup_steps:
+    if run.total_steps and run.step >= run.total_steps and total_steps > run.step:
+        run.decay_from = []  # the old plan is spent: the new one from the start
+    elif run.total_steps not in (0, total_steps) and run.step > warmup_steps:
         run.decay_from = [run.step, linear_scale(run.step, warmup_steps, run.total_steps, run.decay_from)]
     run.total_steps, decay_from = total_steps, run.decay_from
     for group in optimizer.param_groups:  # the peak; an FSDP2 (DCP) checkpoint's optimizer does not bring it back

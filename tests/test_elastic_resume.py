@@ -269,3 +269,20 @@ def test_resume_puts_back_the_best_model_of_its_checkpoint(tiny_model_dirs, synt
                      "--eval_every_steps", 2, "--resume_from_checkpoint", "latest")
     assert (tmp_path / "run/best_model/model.safetensors").read_bytes() == saved
     assert again["test"] == first["test"] and again["best_step"] == first["best_step"]
+
+
+def test_run_given_more_steps_after_its_schedule_ended_still_learns(tiny_model_dirs, synthetic_folder, tmp_path):
+    # A run that stopped at --max_steps (or after its last epoch) ended at learning rate 0; resumed with more steps,
+    # "decay from the learning rate it had" used to keep every new step at 0: the extension changed nothing.
+    def optimizer():
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+
+    ended = RunState(step=20, total_steps=20)
+    scheduler = linear_schedule(optimizer(), 1.0, 3, 30, ended)
+    assert scheduler.get_last_lr()[0] == pytest.approx(10 / 27)  # the plan for 30 steps, at step 20
+    run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 2)
+    run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 4,
+             "--resume_from_checkpoint", "latest")
+    before = load_file(tmp_path / "run/checkpoints/step_0000002/model.safetensors")
+    after = load_file(tmp_path / "run/checkpoints/step_0000004/model.safetensors")
+    assert any(not torch.equal(before[key], after[key]) for key in before)
