@@ -418,6 +418,13 @@ def check_resume(checkpoint: str | None, settings: TrainingSettings, train_order
         raise SystemExit(f"{checkpoint} was trained on other training data (fingerprint {saved['train_data']}, "
                          f"now {train_order.fingerprint}): resume it on the same data, or start over with "
                          "--overwrite_output_dir")
+    # Nothing left to train (a smaller --max_steps or --num_epochs than the run has done) and nothing evaluated yet:
+    # there would be no best model to test, only one a killed run may have left after this checkpoint.
+    ended = (settings.max_steps and saved["step"] >= settings.max_steps) or saved["epoch"] >= settings.num_epochs
+    if ended and saved["best_step"] is None:
+        raise SystemExit(f"{checkpoint} is at step {saved['step']} (epoch {saved['epoch'] + 1}), where this run "
+                         f"stops (--max_steps {settings.max_steps}, --num_epochs {settings.num_epochs}), and has no "
+                         "evaluation yet: resume it with more steps or epochs")
 
 
 def resume_message(accelerator: Accelerator, settings: TrainingSettings, run: RunState, checkpoint: str,

@@ -286,3 +286,16 @@ def test_run_given_more_steps_after_its_schedule_ended_still_learns(tiny_model_d
     before = load_file(tmp_path / "run/checkpoints/step_0000002/model.safetensors")
     after = load_file(tmp_path / "run/checkpoints/step_0000004/model.safetensors")
     assert any(not torch.equal(before[key], after[key]) for key in before)
+
+
+def test_resume_with_nothing_left_to_train_and_no_evaluation_is_refused(tiny_model_dirs, synthetic_folder, tmp_path):
+    # The checkpoint at step 2 precedes the run's first evaluation; resumed with --max_steps 2 the loop has nothing
+    # to do, and the test evaluation had no best model of its own (it used to end in StopIteration after testing
+    # whatever best_model/ the run had left, here step 4's).
+    run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 4,
+             "--checkpoint_every_steps", 2, "--keep_checkpoints", 3)
+    first = tmp_path / "run/checkpoints/step_0000002"
+    assert not (first / "best_model").exists()
+    with pytest.raises(SystemExit, match="step 2 .* has no evaluation yet: resume it with more steps"):
+        run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 2,
+                 "--resume_from_checkpoint", first)
