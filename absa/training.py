@@ -504,7 +504,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep:
     """`save_state` into a temporary folder, renamed when complete; keep the `keep` newest checkpoints.
 
     The best model so far goes in too, linked (no copy): resuming puts it back. Temporary folders a crash left
-    behind are removed first (they never hold a usable checkpoint).
+    behind are removed first (they never hold a usable checkpoint); so are checkpoints newer than this one, left by
+    the run an earlier checkpoint was resumed from.
     """
     checkpoints = output_dir / CHECKPOINTS
     folder = checkpoints / f"step_{step:07d}"
@@ -520,7 +521,11 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep:
             link_folder(output_dir / BEST_MODEL, temporary / BEST_MODEL)
         replace_folder(temporary, folder)
         done = sorted(checkpoints.glob("step_*[0-9]"))
-        for old in done[:max(0, len(done) - keep)]:
+        # Newer ones are of the run this one was resumed away from (an earlier checkpoint was chosen): `latest`
+        # would take them after the next crash, and rotation would delete this run's new checkpoints before them.
+        abandoned = [old for old in done if old.name > folder.name]
+        done = done[:len(done) - len(abandoned)]
+        for old in abandoned + done[:max(0, len(done) - keep)]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
 

@@ -299,3 +299,14 @@ def test_resume_with_nothing_left_to_train_and_no_evaluation_is_refused(tiny_mod
     with pytest.raises(SystemExit, match="step 2 .* has no evaluation yet: resume it with more steps"):
         run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 2,
                  "--resume_from_checkpoint", first)
+
+
+def test_resumed_from_an_earlier_checkpoint_the_newer_ones_give_way(tiny_model_dirs, synthetic_folder, tmp_path):
+    # Resumed from step 2 of [2, 4, 6]: the new step 3 is the run's newest. It used to be kept beside the abandoned
+    # 4 and 6 (with --keep_checkpoints 3, step 2 was deleted instead), so `latest` after a crash went back to 6.
+    run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 6,
+             "--checkpoint_every_steps", 2, "--keep_checkpoints", 3)
+    run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 3,
+             "--checkpoint_every_steps", 2, "--keep_checkpoints", 3,
+             "--resume_from_checkpoint", tmp_path / "run/checkpoints/step_0000002")
+    assert [p.name for p in sorted((tmp_path / "run/checkpoints").iterdir())] == ["step_0000002", "step_0000003"]
