@@ -176,7 +176,7 @@ def main(settings: Settings) -> dict:
                 if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
                     scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            run.batch_done(loss, len(labels) * accelerator.num_processes)
+            run.batch_done(loss, len(labels) * accelerator.num_processes, len(train_order.lengths))
             if not accelerator.sync_gradients:
                 continue
             run.step += 1

@@ -339,8 +339,14 @@ class RunState:
     def restart_clock(self) -> None:
         self._clock = time.perf_counter()
 
-    def batch_done(self, loss: torch.Tensor, samples: int) -> None:
-        """Count one trained batch: its loss, its samples (all processes) and the time since the last one."""
+    def batch_done(self, loss: torch.Tensor, samples: int, epoch_examples: int | None = None) -> None:
+        """Count one trained batch: its loss, its samples (all processes) and the time since the last one.
+
+        On several processes Accelerate fills the epoch's last batches up to a full batch on every process with
+        examples trained on already (a data set smaller than batch size x processes: every batch); with the epoch's
+        size given only its examples are counted, not the fill (which would inflate samples per second)."""
+        if epoch_examples is not None:
+            samples = max(0, min(samples, epoch_examples - self.examples_in_epoch))
         self._loss_sum = loss.detach() if self._loss_sum is None else self._loss_sum + loss.detach()
         self.train_loss_batches += 1
         self.examples_in_epoch += samples

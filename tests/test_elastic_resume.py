@@ -310,3 +310,14 @@ def test_resumed_from_an_earlier_checkpoint_the_newer_ones_give_way(tiny_model_d
              "--checkpoint_every_steps", 2, "--keep_checkpoints", 3,
              "--resume_from_checkpoint", tmp_path / "run/checkpoints/step_0000002")
     assert [p.name for p in sorted((tmp_path / "run/checkpoints").iterdir())] == ["step_0000002", "step_0000003"]
+
+
+def test_the_fill_of_an_epochs_last_batches_is_not_counted_as_trained_examples():
+    # 6 training rows on 2 processes x batch 8: Accelerate gives each process a full batch of 8 (rows repeated to
+    # fill them); 16 samples used to be counted for the epoch, so samples per second came out 16/6 times too high.
+    run = RunState()
+    run.batch_done(torch.tensor(1.0), 2 * 8, 6)
+    assert (run.examples_in_epoch, run.train_samples) == (6, 6)
+    run = RunState(examples_in_epoch=90, train_samples=190)  # resumed at row 90 of 96: one fill batch per process
+    run.batch_done(torch.tensor(1.0), 2 * 8, 96)
+    assert (run.examples_in_epoch, run.train_samples) == (96, 196)
