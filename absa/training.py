@@ -191,8 +191,12 @@ def prepare_output_dir(accelerator: Accelerator, settings: TrainingSettings) -> 
                 print(f"{output_dir}: no checkpoint yet, this seed starts from the beginning")
             elif settings.resume_from_checkpoint:
                 decision[0] = str(find_checkpoint(output_dir, settings.resume_from_checkpoint))
-            elif ((output_dir / "results.json").exists() or (output_dir / CHECKPOINTS).exists()) \
-                    and not settings.overwrite_output_dir:
+                if not own_checkpoint(output_dir, decision[0]) and holds_run(output_dir) \
+                        and not settings.overwrite_output_dir:
+                    decision[1] = (f"{output_dir} already holds a run, and {decision[0]} is not one of its "
+                                   "checkpoints; pass --overwrite_output_dir to replace that run, or give another "
+                                   "--output_dir")
+            elif holds_run(output_dir) and not settings.overwrite_output_dir:
                 decision[1] = (f"{output_dir} already holds a run; pass --overwrite_output_dir to replace it, or "
                                "--resume_from_checkpoint latest to continue it")
         except SystemExit as refusal:
@@ -202,6 +206,15 @@ def prepare_output_dir(accelerator: Accelerator, settings: TrainingSettings) -> 
         raise SystemExit(refusal)
     settings.resume_from_checkpoint = checkpoint
     return output_dir
+
+
+def holds_run(output_dir: Path) -> bool:
+    return (output_dir / "results.json").exists() or (output_dir / CHECKPOINTS).exists()
+
+
+def own_checkpoint(output_dir: Path, checkpoint: str | Path) -> bool:
+    """Whether `checkpoint` is one of output_dir's (not another run's, continued in output_dir)."""
+    return Path(checkpoint).resolve().parent == (output_dir / CHECKPOINTS).resolve()
 
 
 def link_folder(source: Path, target: Path) -> None:
@@ -248,16 +261,17 @@ def find_checkpoint(output_dir: Path, spec: str) -> Path:
 
 
 def clear_output_dir(accelerator: Accelerator, output_dir: Path, settings: TrainingSettings) -> None:
-    """Remove the previous run's checkpoints and results when starting over, or put back the checkpoint's best
-    model when resuming; called once the data has loaded and the checkpoint is accepted, so that bad data or a
-    refused resume never changes what the previous run left."""
-    if accelerator.is_main_process and settings.resume_from_checkpoint:
-        restore_best_model(Path(settings.resume_from_checkpoint), output_dir / BEST_MODEL)
-    elif accelerator.is_main_process:
+    """Remove the previous run's checkpoints and results when starting over (or when continuing another folder's
+    checkpoint here), and put back the checkpoint's best model when resuming; called once the data has loaded and
+    the checkpoint is accepted, so that bad data or a refused resume never changes what the previous run left."""
+    checkpoint = settings.resume_from_checkpoint
+    if accelerator.is_main_process and not (checkpoint and own_checkpoint(output_dir, checkpoint)):
         for name in (CHECKPOINTS, BEST_MODEL, "results.json", "metrics.jsonl"):
             path = output_dir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         output_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process and checkpoint:
+        restore_best_model(Path(checkpoint), output_dir / BEST_MODEL)
     accelerator.wait_for_everyone()
 
 

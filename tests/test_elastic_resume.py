@@ -321,3 +321,21 @@ def test_the_fill_of_an_epochs_last_batches_is_not_counted_as_trained_examples()
     run = RunState(examples_in_epoch=90, train_samples=190)  # resumed at row 90 of 96: one fill batch per process
     run.batch_done(torch.tensor(1.0), 2 * 8, 96)
     assert (run.examples_in_epoch, run.train_samples) == (96, 196)
+
+
+def test_another_folders_checkpoint_continued_over_a_run_needs_overwrite(tiny_model_dirs, synthetic_folder, tmp_path):
+    # Continuing run a's checkpoint in b, which holds a run of its own: b's results, metrics and checkpoints used to
+    # be overwritten and rotated away (and its newer checkpoints mixed with the continuation) without asking.
+    for name in ("a", "b"):
+        run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / name, "--max_steps", 2)
+    b_results = (tmp_path / "b/results.json").read_text()
+    a_checkpoint = tmp_path / "a/checkpoints/step_0000002"
+    with pytest.raises(SystemExit, match="already holds a run, and .* is not one of its checkpoints"):
+        run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "b", "--max_steps", 3,
+                 "--resume_from_checkpoint", a_checkpoint)
+    assert (tmp_path / "b/results.json").read_text() == b_results
+    continued = run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "b", "--max_steps", 3,
+                         "--resume_from_checkpoint", a_checkpoint, "--overwrite_output_dir")
+    assert continued["optimizer_steps"] == 3 and len(continued["validation_history"]) == 2
+    assert [p.name for p in (tmp_path / "b/checkpoints").iterdir()] == ["step_0000003"]  # b's own step 2 is gone
+    assert (tmp_path / "a/checkpoints/step_0000002/best_model").is_dir()  # a's checkpoint untouched
