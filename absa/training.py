@@ -345,6 +345,7 @@ class RunState:
     train_data: str = ""  # the train sampler's fingerprint
     num_processes: int = 1  # and batch size: what the run last trained with, for the resume message
     per_device_batch_size: int = 0
+    selection: list = field(default_factory=list)  # [metric_for_best_model, select_on_test] `best` was chosen by
 
     def __post_init__(self):
         self._loss_sum = None  # on the device: read once per evaluation or checkpoint, not once per step
@@ -382,6 +383,7 @@ class RunState:
     def record_evaluation(self, accelerator: Accelerator, metrics: dict, settings: TrainingSettings) -> bool:
         """Add a validation row to the history (with the mean training loss since the last one); True when it is
         the best so far. Decided on the main process and shared: the answer gates a collective (the save)."""
+        self.selection = [settings.metric_for_best_model, settings.select_on_test]
         row = {"epoch": self.epoch + 1, "step": self.step, **scalar_metrics(metrics)}
         if self.train_loss_batches:
             row["train_loss"] = self._mean_train_loss(accelerator)
@@ -437,6 +439,13 @@ def check_resume(checkpoint: str | None, settings: TrainingSettings, train_order
     if saved["train_data"] != train_order.fingerprint:
         raise SystemExit(f"{checkpoint} was trained on other training data (fingerprint {saved['train_data']}, "
                          f"now {train_order.fingerprint}): resume it on the same data, or start over with "
+                         "--overwrite_output_dir")
+    # `best` (and the best model) were chosen by a metric on a split: another would be compared with that number.
+    selection = saved.get("selection") or [settings.metric_for_best_model, settings.select_on_test]
+    if selection != [settings.metric_for_best_model, settings.select_on_test]:
+        raise SystemExit(f"{checkpoint} selects the best model by {selection[0]} on the "
+                         f"{'test' if selection[1] else 'validation'} split: resume it with --metric_for_best_model "
+                         f"{selection[0]} --select_on_test {str(selection[1]).lower()}, or start over with "
                          "--overwrite_output_dir")
     # Nothing left to train (a smaller --max_steps or --num_epochs than the run has done) and nothing evaluated yet:
     # there would be no best model to test, only one a killed run may have left after this checkpoint.
