@@ -373,3 +373,13 @@ def test_a_checkpoint_resumed_with_another_selection_metric_is_refused(tiny_mode
     with pytest.raises(SystemExit, match="--select_on_test false"):
         run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 4,
                  "--select_on_test", "true", "--resume_from_checkpoint", "latest")
+
+
+def test_a_nan_first_evaluation_does_not_stay_best():
+    # A first validation loss of NaN (diverged, e.g. an fp16 overflow) used to stay best for good: no number
+    # compares below NaN, so no later model was saved and early stopping ended the run on the NaN one.
+    from absa.metrics import is_better
+
+    assert is_better("loss", 0.7, float("nan")) and is_better("accuracy", 0.3, float("nan"))
+    assert not is_better("loss", float("nan"), 0.7) and is_better("loss", 0.6, 0.7)
+    assert not is_better("loss", float("nan"), float("nan"))  # NaN after NaN: patience still runs out
