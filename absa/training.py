@@ -254,6 +254,9 @@ def find_checkpoint(output_dir: Path, spec: str) -> Path:
             raise SystemExit(f"--resume_from_checkpoint latest: no checkpoint in {output_dir / CHECKPOINTS}")
         return done[-1]
     path = Path(spec)
+    if path.name.endswith(".tmp"):  # being written, or left by a crash: possibly without every process's files
+        raise SystemExit(f"--resume_from_checkpoint {spec}: an unfinished checkpoint (its folder is renamed "
+                         "without .tmp once every process has written it); give a finished one, or `latest`")
     if not list(path.glob("custom_checkpoint_*.pkl")):
         raise SystemExit(f"--resume_from_checkpoint {spec}: not a checkpoint folder of this script "
                          f"(expected e.g. {output_dir / CHECKPOINTS / 'step_0000100'})")

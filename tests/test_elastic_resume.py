@@ -383,3 +383,18 @@ def test_a_nan_first_evaluation_does_not_stay_best():
     assert is_better("loss", 0.7, float("nan")) and is_better("accuracy", 0.3, float("nan"))
     assert not is_better("loss", float("nan"), 0.7) and is_better("loss", 0.6, 0.7)
     assert not is_better("loss", float("nan"), float("nan"))  # NaN after NaN: patience still runs out
+
+
+def test_an_unfinished_checkpoint_is_refused(tmp_path):
+    # A crash in save_checkpoint leaves step_N.tmp, which may hold the run state but not every process's files
+    # (accelerate writes the run state last on the main process only); given by name it used to be resumed from.
+    from absa.training import find_checkpoint
+
+    unfinished = tmp_path / "checkpoints/step_0000004.tmp"
+    unfinished.mkdir(parents=True)
+    (unfinished / "custom_checkpoint_0.pkl").write_bytes(b"")
+    with pytest.raises(SystemExit, match="an unfinished checkpoint"):
+        find_checkpoint(tmp_path, str(unfinished))
+    finished = unfinished.with_name("step_0000004")
+    unfinished.rename(finished)
+    assert find_checkpoint(tmp_path, str(finished)) == finished == find_checkpoint(tmp_path, "latest")
