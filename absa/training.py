@@ -199,6 +199,12 @@ def prepare_output_dir(accelerator: Accelerator, settings: TrainingSettings) -> 
             elif holds_run(output_dir) and not settings.overwrite_output_dir:
                 decision[1] = (f"{output_dir} already holds a run; pass --overwrite_output_dir to replace it, or "
                                "--resume_from_checkpoint latest to continue it")
+            model = Path(settings.model_name_or_path).resolve()
+            if not decision[1] and not (decision[0] and own_checkpoint(output_dir, decision[0])) and any(
+                    model == path or path in model.parents for path in map(Path.resolve, previous_run(output_dir))):
+                decision[1] = (f"--model_name_or_path {settings.model_name_or_path} is in what "
+                               f"--overwrite_output_dir removes from {output_dir} before the model is read; copy it "
+                               "out of there first, or give another --output_dir")
         except SystemExit as refusal:
             decision[1] = str(refusal)
     checkpoint, refusal = broadcast_object_list(decision) if accelerator.num_processes > 1 else decision
@@ -206,6 +212,11 @@ def prepare_output_dir(accelerator: Accelerator, settings: TrainingSettings) -> 
         raise SystemExit(refusal)
     settings.resume_from_checkpoint = checkpoint
     return output_dir
+
+
+def previous_run(output_dir: Path) -> list[Path]:
+    """What a run that starts over in output_dir removes first."""
+    return [output_dir / name for name in (CHECKPOINTS, BEST_MODEL, "results.json", "metrics.jsonl")]
 
 
 def holds_run(output_dir: Path) -> bool:
@@ -269,8 +280,7 @@ def clear_output_dir(accelerator: Accelerator, output_dir: Path, settings: Train
     the checkpoint is accepted, so that bad data or a refused resume never changes what the previous run left."""
     checkpoint = settings.resume_from_checkpoint
     if accelerator.is_main_process and not (checkpoint and own_checkpoint(output_dir, checkpoint)):
-        for name in (CHECKPOINTS, BEST_MODEL, "results.json", "metrics.jsonl"):
-            path = output_dir / name
+        for path in previous_run(output_dir):
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         output_dir.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process and checkpoint:

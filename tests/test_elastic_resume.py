@@ -398,3 +398,15 @@ def test_an_unfinished_checkpoint_is_refused(tmp_path):
     finished = unfinished.with_name("step_0000004")
     unfinished.rename(finished)
     assert find_checkpoint(tmp_path, str(finished)) == finished == find_checkpoint(tmp_path, "latest")
+
+
+def test_overwrite_never_removes_the_model_it_starts_from(tiny_model_dirs, synthetic_folder, tmp_path):
+    # Fine-tuning a run's best model further in that run's folder: --overwrite_output_dir removed best_model/ before
+    # the model was read from it, and the run failed with the model gone.
+    run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 2)
+    weights = (tmp_path / "run/best_model/model.safetensors").read_bytes()
+    with pytest.raises(SystemExit, match="--model_name_or_path .* is in what --overwrite_output_dir removes"):
+        finetune_absa.main(parse_settings(finetune_absa.Settings, [
+            "--model_name_or_path", str(tmp_path / "run/best_model"), "--dataset", str(synthetic_folder),
+            "--output_dir", str(tmp_path / "run"), "--overwrite_output_dir", "--max_steps", "2"]))
+    assert (tmp_path / "run/best_model/model.safetensors").read_bytes() == weights
