@@ -173,10 +173,10 @@ def main(settings: Settings) -> dict:
                     if settings.max_grad_norm:
                         accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
                 optimizer.step()
-                if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
-                    scheduler.step()
+                if accelerator.sync_gradients:  # also after a step fp16's scaler skipped: the schedule is where
+                    scheduler.step()  # run.step is, as a resumed run rebuilds it
                 optimizer.zero_grad(set_to_none=True)
-            run.batch_done(loss, len(labels) * accelerator.num_processes)
+            run.batch_done(loss, len(labels) * accelerator.num_processes, len(train_order.lengths))
             if not accelerator.sync_gradients:
                 continue
             run.step += 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -33,7 +34,7 @@ from absa.files import NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError
 from absa.launch import make_fsdp_ready
 from absa.metrics import best_threshold, multi_label_metrics, regression_metrics, scalar_metrics, single_label_metrics
 from absa.model import load_pretrained, load_tokenizer, loading_error, resolve_model_path
-from absa.reports import plot_confusion_matrix, plot_curves, write_json, write_jsonl
+from absa.reports import plot_confusion_matrix, plot_curves, write_atomically, write_json, write_jsonl
 from absa.text_data import ALL_METRICS, PROBLEM_TYPES, TASK_METRICS, TASKS, encode_text_splits, load_text_data
 from absa.text_predictions import (labelled_prediction_rows, predict_only, prediction_inputs, prediction_loader,
                                    prediction_records, predictions_path, write_predictions)
@@ -232,10 +233,10 @@ def main(settings: Settings) -> dict:
                     if settings.max_grad_norm:
                         accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
                 optimizer.step()
-                if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
-                    scheduler.step()
+                if accelerator.sync_gradients:  # also after a step fp16's scaler skipped: the schedule is where
+                    scheduler.step()  # run.step is, as a resumed run rebuilds it
                 optimizer.zero_grad(set_to_none=True)
-            run.batch_done(loss, len(labels) * accelerator.num_processes)
+            run.batch_done(loss, len(labels) * accelerator.num_processes, len(train_order.lengths))
             if not accelerator.sync_gradients:
                 continue
             run.step += 1
@@ -343,9 +344,11 @@ def build_model(name_or_path: str, data, threshold: float):
 
 
 def save_threshold(model_dir, threshold: float) -> None:
+    """Record the tuned threshold in the model's config.json, written whole beside it and renamed over it: a crash
+    leaves the previous file, not a truncated one (and a hard link to the old file keeps its contents)."""
     config = AutoConfig.from_pretrained(model_dir)
     config.multi_label_threshold = threshold
-    config.save_pretrained(model_dir)
+    write_atomically(Path(model_dir) / "config.json", config.to_json_string())
 
 
 if __name__ == "__main__":

@@ -80,8 +80,12 @@ def regression_metrics(predictions: np.ndarray, targets: np.ndarray) -> dict:
 
 
 def is_better(metric: str, new: float, best: float | None) -> bool:
+    """Whether `new` improves on `best` (None: nothing yet). A NaN (a loss that diverged) is never better, and any
+    number is better than a NaN best, which would otherwise stay best for the rest of the run."""
     if best is None:
         return True
+    if best != best:
+        return new == new
     return new < best if metric in LOWER_IS_BETTER else new > best
 
 

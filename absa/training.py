@@ -191,10 +191,20 @@ def prepare_output_dir(accelerator: Accelerator, settings: TrainingSettings) -> 
                 print(f"{output_dir}: no checkpoint yet, this seed starts from the beginning")
             elif settings.resume_from_checkpoint:
                 decision[0] = str(find_checkpoint(output_dir, settings.resume_from_checkpoint))
-            elif ((output_dir / "results.json").exists() or (output_dir / CHECKPOINTS).exists()) \
-                    and not settings.overwrite_output_dir:
+                if not own_checkpoint(output_dir, decision[0]) and holds_run(output_dir) \
+                        and not settings.overwrite_output_dir:
+                    decision[1] = (f"{output_dir} already holds a run, and {decision[0]} is not one of its "
+                                   "checkpoints; pass --overwrite_output_dir to replace that run, or give another "
+                                   "--output_dir")
+            elif holds_run(output_dir) and not settings.overwrite_output_dir:
                 decision[1] = (f"{output_dir} already holds a run; pass --overwrite_output_dir to replace it, or "
                                "--resume_from_checkpoint latest to continue it")
+            model = Path(settings.model_name_or_path).resolve()
+            if not decision[1] and not (decision[0] and own_checkpoint(output_dir, decision[0])) and any(
+                    model == path or path in model.parents for path in map(Path.resolve, previous_run(output_dir))):
+                decision[1] = (f"--model_name_or_path {settings.model_name_or_path} is in what "
+                               f"--overwrite_output_dir removes from {output_dir} before the model is read; copy it "
+                               "out of there first, or give another --output_dir")
         except SystemExit as refusal:
             decision[1] = str(refusal)
     checkpoint, refusal = broadcast_object_list(decision) if accelerator.num_processes > 1 else decision
@@ -202,6 +212,20 @@ def prepare_output_dir(accelerator: Accelerator, settings: TrainingSettings) -> 
         raise SystemExit(refusal)
     settings.resume_from_checkpoint = checkpoint
     return output_dir
+
+
+def previous_run(output_dir: Path) -> list[Path]:
+    """What a run that starts over in output_dir removes first."""
+    return [output_dir / name for name in (CHECKPOINTS, BEST_MODEL, "results.json", "metrics.jsonl")]
+
+
+def holds_run(output_dir: Path) -> bool:
+    return (output_dir / "results.json").exists() or (output_dir / CHECKPOINTS).exists()
+
+
+def own_checkpoint(output_dir: Path, checkpoint: str | Path) -> bool:
+    """Whether `checkpoint` is one of output_dir's (not another run's, continued in output_dir)."""
+    return Path(checkpoint).resolve().parent == (output_dir / CHECKPOINTS).resolve()
 
 
 def link_folder(source: Path, target: Path) -> None:
@@ -241,6 +265,9 @@ def find_checkpoint(output_dir: Path, spec: str) -> Path:
             raise SystemExit(f"--resume_from_checkpoint latest: no checkpoint in {output_dir / CHECKPOINTS}")
         return done[-1]
     path = Path(spec)
+    if path.name.endswith(".tmp"):  # being written, or left by a crash: possibly without every process's files
+        raise SystemExit(f"--resume_from_checkpoint {spec}: an unfinished checkpoint (its folder is renamed "
+                         "without .tmp once every process has written it); give a finished one, or `latest`")
     if not list(path.glob("custom_checkpoint_*.pkl")):
         raise SystemExit(f"--resume_from_checkpoint {spec}: not a checkpoint folder of this script "
                          f"(expected e.g. {output_dir / CHECKPOINTS / 'step_0000100'})")
@@ -248,16 +275,16 @@ def find_checkpoint(output_dir: Path, spec: str) -> Path:
 
 
 def clear_output_dir(accelerator: Accelerator, output_dir: Path, settings: TrainingSettings) -> None:
-    """Remove the previous run's checkpoints and results when starting over, or put back the checkpoint's best
-    model when resuming; called once the data has loaded and the checkpoint is accepted, so that bad data or a
-    refused resume never changes what the previous run left."""
-    if accelerator.is_main_process and settings.resume_from_checkpoint:
-        restore_best_model(Path(settings.resume_from_checkpoint), output_dir / BEST_MODEL)
-    elif accelerator.is_main_process:
-        for name in (CHECKPOINTS, BEST_MODEL, "results.json", "metrics.jsonl"):
-            path = output_dir / name
+    """Remove the previous run's checkpoints and results when starting over (or when continuing another folder's
+    checkpoint here), and put back the checkpoint's best model when resuming; called once the data has loaded and
+    the checkpoint is accepted, so that bad data or a refused resume never changes what the previous run left."""
+    checkpoint = settings.resume_from_checkpoint
+    if accelerator.is_main_process and not (checkpoint and own_checkpoint(output_dir, checkpoint)):
+        for path in previous_run(output_dir):
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         output_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process and checkpoint:
+        restore_best_model(Path(checkpoint), output_dir / BEST_MODEL)
     accelerator.wait_for_everyone()
 
 
@@ -282,9 +309,14 @@ def linear_schedule(optimizer, learning_rate: float, warmup_steps: int, total_st
 
     Stepped once per optimizer step and rebuilt from `run.step` on resume, so it is where it was on any number of
     processes. A run resumed with another number of steps ahead (another process count or batch size) decays from
-    the learning rate it had to 0 at its new last step: no jump, and no steps left at learning rate 0.
+    the learning rate it had to 0 at its new last step: no jump, and no steps left at learning rate 0. A run whose
+    schedule had ended (it stopped at --max_steps or after its last epoch) and is given more steps or epochs had
+    learning rate 0: it follows the schedule planned for its new last step instead (as if planned so from the start),
+    or every step it is given would change nothing.
     """
-    if run.total_steps not in (0, total_steps) and run.step > warmup_steps:
+    if run.total_steps and run.step >= run.total_steps and total_steps > run.step:
+        run.decay_from = []  # the old plan is spent: the new one from the start
+    elif run.total_steps not in (0, total_steps) and run.step > warmup_steps:
         run.decay_from = [run.step, linear_scale(run.step, warmup_steps, run.total_steps, run.decay_from)]
     run.total_steps, decay_from = total_steps, run.decay_from
     for group in optimizer.param_groups:  # the peak; an FSDP2 (DCP) checkpoint's optimizer does not bring it back
@@ -326,6 +358,7 @@ class RunState:
     train_data: str = ""  # the train sampler's fingerprint
     num_processes: int = 1  # and batch size: what the run last trained with, for the resume message
     per_device_batch_size: int = 0
+    selection: list = field(default_factory=list)  # [metric_for_best_model, select_on_test] `best` was chosen by
 
     def __post_init__(self):
         self._loss_sum = None  # on the device: read once per evaluation or checkpoint, not once per step
@@ -334,8 +367,14 @@ class RunState:
     def restart_clock(self) -> None:
         self._clock = time.perf_counter()
 
-    def batch_done(self, loss: torch.Tensor, samples: int) -> None:
-        """Count one trained batch: its loss, its samples (all processes) and the time since the last one."""
+    def batch_done(self, loss: torch.Tensor, samples: int, epoch_examples: int | None = None) -> None:
+        """Count one trained batch: its loss, its samples (all processes) and the time since the last one.
+
+        On several processes Accelerate fills the epoch's last batches up to a full batch on every process with
+        examples trained on already (a data set smaller than batch size x processes: every batch); with the epoch's
+        size given only its examples are counted, not the fill (which would inflate samples per second)."""
+        if epoch_examples is not None:
+            samples = max(0, min(samples, epoch_examples - self.examples_in_epoch))
         self._loss_sum = loss.detach() if self._loss_sum is None else self._loss_sum + loss.detach()
         self.train_loss_batches += 1
         self.examples_in_epoch += samples
@@ -357,6 +396,7 @@ class RunState:
     def record_evaluation(self, accelerator: Accelerator, metrics: dict, settings: TrainingSettings) -> bool:
         """Add a validation row to the history (with the mean training loss since the last one); True when it is
         the best so far. Decided on the main process and shared: the answer gates a collective (the save)."""
+        self.selection = [settings.metric_for_best_model, settings.select_on_test]
         row = {"epoch": self.epoch + 1, "step": self.step, **scalar_metrics(metrics)}
         if self.train_loss_batches:
             row["train_loss"] = self._mean_train_loss(accelerator)
@@ -413,6 +453,20 @@ def check_resume(checkpoint: str | None, settings: TrainingSettings, train_order
         raise SystemExit(f"{checkpoint} was trained on other training data (fingerprint {saved['train_data']}, "
                          f"now {train_order.fingerprint}): resume it on the same data, or start over with "
                          "--overwrite_output_dir")
+    # `best` (and the best model) were chosen by a metric on a split: another would be compared with that number.
+    selection = saved.get("selection") or [settings.metric_for_best_model, settings.select_on_test]
+    if selection != [settings.metric_for_best_model, settings.select_on_test]:
+        raise SystemExit(f"{checkpoint} selects the best model by {selection[0]} on the "
+                         f"{'test' if selection[1] else 'validation'} split: resume it with --metric_for_best_model "
+                         f"{selection[0]} --select_on_test {str(selection[1]).lower()}, or start over with "
+                         "--overwrite_output_dir")
+    # Nothing left to train (a smaller --max_steps or --num_epochs than the run has done) and nothing evaluated yet:
+    # there would be no best model to test, only one a killed run may have left after this checkpoint.
+    ended = (settings.max_steps and saved["step"] >= settings.max_steps) or saved["epoch"] >= settings.num_epochs
+    if ended and saved["best_step"] is None:
+        raise SystemExit(f"{checkpoint} is at step {saved['step']} (epoch {saved['epoch'] + 1}), where this run "
+                         f"stops (--max_steps {settings.max_steps}, --num_epochs {settings.num_epochs}), and has no "
+                         "evaluation yet: resume it with more steps or epochs")
 
 
 def resume_message(accelerator: Accelerator, settings: TrainingSettings, run: RunState, checkpoint: str,
@@ -492,7 +546,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep:
     """`save_state` into a temporary folder, renamed when complete; keep the `keep` newest checkpoints.
 
     The best model so far goes in too, linked (no copy): resuming puts it back. Temporary folders a crash left
-    behind are removed first (they never hold a usable checkpoint).
+    behind are removed first (they never hold a usable checkpoint); so are checkpoints newer than this one, left by
+    the run an earlier checkpoint was resumed from.
     """
     checkpoints = output_dir / CHECKPOINTS
     folder = checkpoints / f"step_{step:07d}"
@@ -508,7 +563,11 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep:
             link_folder(output_dir / BEST_MODEL, temporary / BEST_MODEL)
         replace_folder(temporary, folder)
         done = sorted(checkpoints.glob("step_*[0-9]"))
-        for old in done[:max(0, len(done) - keep)]:
+        # Newer ones are of the run this one was resumed away from (an earlier checkpoint was chosen): `latest`
+        # would take them after the next crash, and rotation would delete this run's new checkpoints before them.
+        abandoned = [old for old in done if old.name > folder.name]
+        done = done[:len(done) - len(abandoned)]
+        for old in abandoned + done[:max(0, len(done) - keep)]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
 

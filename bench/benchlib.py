@@ -243,8 +243,8 @@ def run_finetune_absa(settings, after_step, on_train_batch=None, patch=None) -> 
     saved = dict(vars(finetune_absa))
 
     class ObservedRun(finetune_absa.RunState):
-        def batch_done(self, loss, samples):
-            super().batch_done(loss, samples)
+        def batch_done(self, loss, samples, epoch_examples=None):
+            super().batch_done(loss, samples, epoch_examples)
             after_step(self, samples)
 
     def dataloaders(features, collator, settings, **kwargs):

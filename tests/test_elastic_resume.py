@@ -269,3 +269,144 @@ def test_resume_puts_back_the_best_model_of_its_checkpoint(tiny_model_dirs, synt
                      "--eval_every_steps", 2, "--resume_from_checkpoint", "latest")
     assert (tmp_path / "run/best_model/model.safetensors").read_bytes() == saved
     assert again["test"] == first["test"] and again["best_step"] == first["best_step"]
+
+
+def test_run_given_more_steps_after_its_schedule_ended_still_learns(tiny_model_dirs, synthetic_folder, tmp_path):
+    # A run that stopped at --max_steps (or after its last epoch) ended at learning rate 0; resumed with more steps,
+    # "decay from the learning rate it had" used to keep every new step at 0: the extension changed nothing.
+    def optimizer():
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+
+    ended = RunState(step=20, total_steps=20)
+    scheduler = linear_schedule(optimizer(), 1.0, 3, 30, ended)
+    assert scheduler.get_last_lr()[0] == pytest.approx(10 / 27)  # the plan for 30 steps, at step 20
+    run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 2)
+    run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 4,
+             "--resume_from_checkpoint", "latest")
+    before = load_file(tmp_path / "run/checkpoints/step_0000002/model.safetensors")
+    after = load_file(tmp_path / "run/checkpoints/step_0000004/model.safetensors")
+    assert any(not torch.equal(before[key], after[key]) for key in before)
+
+
+def test_resume_with_nothing_left_to_train_and_no_evaluation_is_refused(tiny_model_dirs, synthetic_folder, tmp_path):
+    # The checkpoint at step 2 precedes the run's first evaluation; resumed with --max_steps 2 the loop has nothing
+    # to do, and the test evaluation had no best model of its own (it used to end in StopIteration after testing
+    # whatever best_model/ the run had left, here step 4's).
+    run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 4,
+             "--checkpoint_every_steps", 2, "--keep_checkpoints", 3)
+    first = tmp_path / "run/checkpoints/step_0000002"
+    assert not (first / "best_model").exists()
+    with pytest.raises(SystemExit, match="step 2 .* has no evaluation yet: resume it with more steps"):
+        run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 2,
+                 "--resume_from_checkpoint", first)
+
+
+def test_resumed_from_an_earlier_checkpoint_the_newer_ones_give_way(tiny_model_dirs, synthetic_folder, tmp_path):
+    # Resumed from step 2 of [2, 4, 6]: the new step 3 is the run's newest. It used to be kept beside the abandoned
+    # 4 and 6 (with --keep_checkpoints 3, step 2 was deleted instead), so `latest` after a crash went back to 6.
+    run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 6,
+             "--checkpoint_every_steps", 2, "--keep_checkpoints", 3)
+    run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 3,
+             "--checkpoint_every_steps", 2, "--keep_checkpoints", 3,
+             "--resume_from_checkpoint", tmp_path / "run/checkpoints/step_0000002")
+    assert [p.name for p in sorted((tmp_path / "run/checkpoints").iterdir())] == ["step_0000002", "step_0000003"]
+
+
+def test_the_fill_of_an_epochs_last_batches_is_not_counted_as_trained_examples():
+    # 6 training rows on 2 processes x batch 8: Accelerate gives each process a full batch of 8 (rows repeated to
+    # fill them); 16 samples used to be counted for the epoch, so samples per second came out 16/6 times too high.
+    run = RunState()
+    run.batch_done(torch.tensor(1.0), 2 * 8, 6)
+    assert (run.examples_in_epoch, run.train_samples) == (6, 6)
+    run = RunState(examples_in_epoch=90, train_samples=190)  # resumed at row 90 of 96: one fill batch per process
+    run.batch_done(torch.tensor(1.0), 2 * 8, 96)
+    assert (run.examples_in_epoch, run.train_samples) == (96, 196)
+
+
+def test_another_folders_checkpoint_continued_over_a_run_needs_overwrite(tiny_model_dirs, synthetic_folder, tmp_path):
+    # Continuing run a's checkpoint in b, which holds a run of its own: b's results, metrics and checkpoints used to
+    # be overwritten and rotated away (and its newer checkpoints mixed with the continuation) without asking.
+    for name in ("a", "b"):
+        run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / name, "--max_steps", 2)
+    b_results = (tmp_path / "b/results.json").read_text()
+    a_checkpoint = tmp_path / "a/checkpoints/step_0000002"
+    with pytest.raises(SystemExit, match="already holds a run, and .* is not one of its checkpoints"):
+        run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "b", "--max_steps", 3,
+                 "--resume_from_checkpoint", a_checkpoint)
+    assert (tmp_path / "b/results.json").read_text() == b_results
+    continued = run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "b", "--max_steps", 3,
+                         "--resume_from_checkpoint", a_checkpoint, "--overwrite_output_dir")
+    assert continued["optimizer_steps"] == 3 and len(continued["validation_history"]) == 2
+    assert [p.name for p in (tmp_path / "b/checkpoints").iterdir()] == ["step_0000003"]  # b's own step 2 is gone
+    assert (tmp_path / "a/checkpoints/step_0000002/best_model").is_dir()  # a's checkpoint untouched
+
+
+def test_a_skipped_optimizer_step_keeps_the_schedule_at_the_global_step(tiny_model_dirs, synthetic_folder, tmp_path,
+                                                                       monkeypatch):
+    # fp16's loss scaler skips a step now and then (inf gradients). The schedule is rebuilt from run.step on resume,
+    # so it must follow run.step while the run goes on too: it used to stay behind by the skipped steps, and the
+    # resumed run's learning rates (and weights) differed from the uninterrupted run's.
+    from accelerate import Accelerator
+
+    skipped = []  # the first step of each timeline is skipped (CPU has no fp16 scaler: simulated)
+    monkeypatch.setattr(Accelerator, "optimizer_step_was_skipped",
+                        property(lambda self: not skipped and not skipped.append(True)))
+    model_dir = without_dropout(tiny_model_dirs["bert"], tmp_path / "no_dropout")
+    args = ["--max_steps", 4, "--checkpoint_every_steps", 2, "--keep_checkpoints", 3, "--mixed_precision", "no"]
+    run_main(model_dir, synthetic_folder, tmp_path / "whole", *args)
+    skipped.clear()
+    run_main(model_dir, synthetic_folder, tmp_path / "cut", *args[:1], 2, *args[2:])
+    run_main(model_dir, synthetic_folder, tmp_path / "cut", *args, "--resume_from_checkpoint", "latest")
+    last = "checkpoints/step_0000004/model.safetensors"
+    whole, cut = load_file(tmp_path / "whole" / last), load_file(tmp_path / "cut" / last)
+    for key, value in whole.items():
+        torch.testing.assert_close(cut[key], value, rtol=0, atol=0)
+
+
+def test_a_checkpoint_resumed_with_another_selection_metric_is_refused(tiny_model_dirs, synthetic_folder, tmp_path):
+    # The run's best value is a validation loss (about 1.1); resumed with --metric_for_best_model accuracy, each
+    # accuracy was compared with that loss as if it were an accuracy, and the best model chosen by it, silently.
+    run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 2)
+    with pytest.raises(SystemExit, match="selects the best model by loss on the validation split"):
+        run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 4,
+                 "--metric_for_best_model", "accuracy", "--resume_from_checkpoint", "latest")
+    with pytest.raises(SystemExit, match="--select_on_test false"):
+        run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 4,
+                 "--select_on_test", "true", "--resume_from_checkpoint", "latest")
+
+
+def test_a_nan_first_evaluation_does_not_stay_best():
+    # A first validation loss of NaN (diverged, e.g. an fp16 overflow) used to stay best for good: no number
+    # compares below NaN, so no later model was saved and early stopping ended the run on the NaN one.
+    from absa.metrics import is_better
+
+    assert is_better("loss", 0.7, float("nan")) and is_better("accuracy", 0.3, float("nan"))
+    assert not is_better("loss", float("nan"), 0.7) and is_better("loss", 0.6, 0.7)
+    assert not is_better("loss", float("nan"), float("nan"))  # NaN after NaN: patience still runs out
+
+
+def test_an_unfinished_checkpoint_is_refused(tmp_path):
+    # A crash in save_checkpoint leaves step_N.tmp, which may hold the run state but not every process's files
+    # (accelerate writes the run state last on the main process only); given by name it used to be resumed from.
+    from absa.training import find_checkpoint
+
+    unfinished = tmp_path / "checkpoints/step_0000004.tmp"
+    unfinished.mkdir(parents=True)
+    (unfinished / "custom_checkpoint_0.pkl").write_bytes(b"")
+    with pytest.raises(SystemExit, match="an unfinished checkpoint"):
+        find_checkpoint(tmp_path, str(unfinished))
+    finished = unfinished.with_name("step_0000004")
+    unfinished.rename(finished)
+    assert find_checkpoint(tmp_path, str(finished)) == finished == find_checkpoint(tmp_path, "latest")
+
+
+def test_overwrite_never_removes_the_model_it_starts_from(tiny_model_dirs, synthetic_folder, tmp_path):
+    # Fine-tuning a run's best model further in that run's folder: --overwrite_output_dir removed best_model/ before
+    # the model was read from it, and the run failed with the model gone.
+    run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 2)
+    weights = (tmp_path / "run/best_model/model.safetensors").read_bytes()
+    with pytest.raises(SystemExit, match="--model_name_or_path .* is in what --overwrite_output_dir removes"):
+        finetune_absa.main(parse_settings(finetune_absa.Settings, [
+            "--model_name_or_path", str(tmp_path / "run/best_model"), "--dataset", str(synthetic_folder),
+            "--output_dir", str(tmp_path / "run"), "--overwrite_output_dir", "--max_steps", "2"]))
+    assert (tmp_path / "run/best_model/model.safetensors").read_bytes() == weights

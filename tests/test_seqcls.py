@@ -582,3 +582,16 @@ def test_test_predictions_carry_their_own_row_with_repeated_texts(tiny_bert, tmp
         by_text.setdefault(row["text"], set()).add(tuple(round(row["scores"][n], 6) for n in ("negative", "positive")))
     assert all(len(scores) == 1 for scores in by_text.values())
     assert len({scores.pop() for scores in by_text.values()}) == 2  # the two texts get different scores
+
+
+def test_tuned_threshold_replaces_config_json_whole(tiny_model_dirs, tmp_path):
+    # config.json used to be rewritten in place: a kill -9 mid-write left best_model with a truncated config, and a
+    # hard link to the file (a copy kept elsewhere) changed with it. Now a new file is renamed over it.
+    model_dir = tmp_path / "best_model"
+    shutil.copytree(tiny_model_dirs["bert"], model_dir)
+    before = (model_dir / "config.json").read_text()
+    os.link(model_dir / "config.json", tmp_path / "kept_config.json")
+    script.save_threshold(model_dir, 0.35)
+    assert json.loads((model_dir / "config.json").read_text())["multi_label_threshold"] == 0.35
+    assert (tmp_path / "kept_config.json").read_text() == before
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted(p.name for p in tiny_model_dirs["bert"].iterdir())
