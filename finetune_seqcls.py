@@ -77,7 +77,8 @@ class Settings(TrainingSettings):
                                    "sorted from the train data; for whole-number labels 0..K-1 these name the ids)."})
     numeric_labels: str = field(default="auto", metadata={"choices": NUMERIC_LABELS, "help": NUMERIC_LABELS_HELP})
     task: str | None = field(default=None, metadata={"choices": TASKS, "help": "Force the task; default: read from "
-                             "the labels (floats: regression, lists or several columns: multi_label)."})
+                             "the labels (floats: regression, except whole ones with --label_names; lists or several columns: "
+                             "multi_label)."})
     metric_for_best_model: str = field(default="loss", metadata={"choices": ALL_METRICS})
     threshold: float = field(default=0.5, metadata={"help": "Multi-label: a label is predicted when its sigmoid "
                                                             "reaches this."})

@@ -45,7 +45,7 @@ from absa.aspects import AspectCollator
 from absa.data import load_absa_splits, read_absa_file
 from absa.files import NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError, check_rebuilt_split, rebuild_recipe
 from absa.launch import check_distributed_setup
-from absa.metrics import single_label_metrics
+from absa.metrics import macro_classes, single_label_metrics
 from absa.model import WEIGHTS_NAME, load_tokenizer
 from absa.predict import (DTYPES, MARK_END, MARK_START, AspectError, AspectSpan, autocast, check_max_length,
                           default_max_length, encode_spans, in_input_order, label_names_of, length_sorted_loader,
@@ -423,11 +423,15 @@ def speed_line(facts: dict) -> str:
 def metrics_report(metrics: dict, labels, predictions, label_names) -> str:
     """The headline numbers, scikit-learn's per-class report, and the confusion matrix."""
     width = max(12, *(len(name) + 2 for name in label_names))
+    present = macro_classes(labels, predictions, len(label_names))  # the classes the macro averages are over
+    absent = [name for i, name in enumerate(label_names) if i not in present]
     lines = [(f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   "
               f"(macro precision {metrics['macro_precision']:.4f}, recall {metrics['macro_recall']:.4f}; "
-              f"loss {metrics['loss']:.4f})"), "",
-             classification_report(labels, predictions, labels=list(range(len(label_names))),
-                                   target_names=list(label_names), digits=4, zero_division=0),
+              f"loss {metrics['loss']:.4f})"),
+             *([f"macro averages over {', '.join(metrics['macro_classes'])}: no example of {', '.join(absent)} and "
+                "none predicted"] if absent else []), "",
+             classification_report(labels, predictions, labels=present,
+                                   target_names=[label_names[i] for i in present], digits=4, zero_division=0),
              "confusion matrix (rows: true label, columns: predicted)",
              f"{'':{width}}" + "".join(f"{name[:width - 1]:>{width}}" for name in label_names)]
     for name, counts in zip(label_names, metrics["confusion_matrix"]):

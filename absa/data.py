@@ -4,6 +4,9 @@ Sources: a Hub dataset name (default `yqzheng/semeval2014_laptops`), a folder or
 TSV / Parquet with those columns, SemEval-2014 Task 4 XML, or the three-line `$T$` format of ABSA-PyTorch and
 PyABSA (`.raw` / `.seg` / `.txt`: sentence with `$T$`, aspect, polarity).
 
+A row may place its aspect as a predict input does (marked as `[B-ASP]...[E-ASP]` in the text, or an `occurrence`
+column): it is read as `absa.predict.resolve_aspect` reads it, the text without markers.
+
 `spans` lists every [start, end] of the row's aspect, sorted; `start` / `end` are the first. A row names one
 occurrence, except a `$T$` sentence with several `$T$` (the Twitter set of Dong et al. 2014 has "$T$ is back ...
 really? $T$ ..."): the same target at each place, so each is a span and the aspect mask covers them all.
@@ -26,6 +29,7 @@ from .files import (SPLIT_NAMES, TABLE_SUFFIXES, DataError, LabelRule, Splits, c
 logger = logging.getLogger(__name__)
 
 DEFAULT_LABELS = ("negative", "neutral", "positive")
+MARK_START, MARK_END = "[B-ASP]", "[E-ASP]"  # an aspect marked in its text, as use_absa.py predict reads it
 XML_SUFFIXES = (".xml",)
 T_FORMAT_SUFFIXES = (".raw", ".seg", ".txt")
 FEATURES = {"text": datasets.Value("string"), "aspect": datasets.Value("string"), "start": datasets.Value("int32"),
@@ -151,6 +155,18 @@ def _normalise_row(record: dict, file, row_label, rule: LabelRule) -> dict | Non
     if label is None:
         raise DataError(file, f"unknown label {record['label']!r} (expected one of {rule.expected()})",
                         row=row_label, field="label")
+    if MARK_START in text or MARK_END in text or not is_missing(record.get("occurrence")):
+        # Marked aspects and an `occurrence` column are how predict inputs place an aspect: a labelled file written
+        # that way is read as predict reads it, not as literal "[B-ASP]" text or the first occurrence.
+        from .predict import AspectError, resolve_aspect  # absa.predict builds on this module
+        try:
+            span = resolve_aspect(text, aspect, record.get("start"), record.get("end"), record.get("occurrence"),
+                                  record.get("spans"))
+        except AspectError as error:
+            raise DataError(file, str(error), row=row_label, field=error.field) from None
+        spans = span.spans or ((span.start, span.end),)
+        return {"text": span.text, "aspect": span.aspect, "start": span.start, "end": span.end,
+                "spans": [list(pair) for pair in spans], "label": label}
     given = record.get("spans")  # every occurrence: the `$T$` reader gives them (JSONL and Parquet may too)
     if not is_missing(given):
         pairs = span_pairs(given)

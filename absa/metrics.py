@@ -17,11 +17,17 @@ LOWER_IS_BETTER = {"loss", "mse", "rmse", "mae"}
 
 
 def single_label_metrics(logits: np.ndarray, labels: np.ndarray, label_names) -> dict:
-    """Cross-entropy loss, accuracy, macro P/R/F1, per-class report and confusion matrix."""
+    """Cross-entropy loss, accuracy, macro P/R/F1, per-class report and confusion matrix.
+
+    Macro averages are over the classes that occur in the labels or the predictions (`macro_classes`), as
+    scikit-learn's own default: a class the split does not hold and the model never predicts has no F1, and counting
+    it as 0 would cap a perfect model at 2/3 on a positive/negative-only set (data/contrastive). The per-class report
+    and the confusion matrix list every class."""
     logits_t = torch.as_tensor(logits, dtype=torch.float32)
     predictions = logits.argmax(axis=-1)
     classes = list(range(len(label_names)))
-    precision, recall, f1, _ = skm.precision_recall_fscore_support(labels, predictions, labels=classes,
+    present = macro_classes(labels, predictions, len(label_names))
+    precision, recall, f1, _ = skm.precision_recall_fscore_support(labels, predictions, labels=present,
                                                                    average="macro", zero_division=0)
     report = skm.classification_report(labels, predictions, labels=classes, target_names=list(label_names),
                                        output_dict=True, zero_division=0)
@@ -30,10 +36,17 @@ def single_label_metrics(logits: np.ndarray, labels: np.ndarray, label_names) ->
         "loss": torch.nn.functional.cross_entropy(logits_t, torch.as_tensor(labels)).item(),
         "accuracy": skm.accuracy_score(labels, predictions),
         "macro_precision": precision, "macro_recall": recall, "macro_f1": f1,
+        "macro_classes": [list(label_names)[i] for i in present],
         "per_class": {name: {k: report[name][k] for k in ("precision", "recall", "f1-score", "support")}
                       for name in label_names},
         "confusion_matrix": skm.confusion_matrix(labels, predictions, labels=classes).tolist(),
     }
+
+
+def macro_classes(labels, predictions, count: int) -> list[int]:
+    """The class ids that occur in the labels or the predictions: the classes a macro average is over."""
+    present = set(np.asarray(labels).tolist()) | set(np.asarray(predictions).tolist())
+    return [i for i in range(count) if i in present]
 
 
 def multi_label_metrics(logits: np.ndarray, labels: np.ndarray, label_names, threshold: float = 0.5) -> dict:

@@ -36,12 +36,11 @@ from torch.utils.data import DataLoader
 
 from .aspects import AspectCollator, encode_aspect_batch
 from .batches import text_groups
-from .data import find_occurrences, span_pairs
+from .data import MARK_END, MARK_START, find_occurrences, span_pairs
 from .files import is_missing
 from .launch import bf16_is_native
 from .model import AbsaClassifier, load_tokenizer
 
-MARK_START, MARK_END = "[B-ASP]", "[E-ASP]"
 DTYPES = ("auto", "fp32", "bf16")
 _MARKERS = re.compile(re.escape(MARK_START) + "|" + re.escape(MARK_END))
 

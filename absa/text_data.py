@@ -6,7 +6,8 @@ by one.
 
 The task is read from the labels unless forced:
 * several label columns (one 0/1 column per label) or a label column holding lists -> `multi_label`;
-* numbers written as floats (`3.8`, `5.000`) -> `regression`;
+* numbers written as floats (`3.8`, `5.000`) -> `regression`, unless --label_names names the classes and every
+  number is whole (`1.0`, `-1.0`: class ids or -1/0/1 written by a float column) -> `single_label`;
 * anything else (class names, whole numbers) -> `single_label`.
 
 Every problem with the data is a `DataError` naming the file, the row and the field, raised while reading,
@@ -99,8 +100,8 @@ def load_text_data(dataset: str | None = None, *, dataset_config: str | None = N
 
     # Task: from the train labels (every value's type checked, so mixed columns fail here), or as forced.
     kinds = {column: _column_kind(raw, column) for column in label_columns}
-    task = task or _infer_task(kinds)
-    _check_task_fits(task, kinds, raw)
+    task = task or _infer_task(kinds, bool(label_names))
+    _check_task_fits(task, kinds, raw, bool(label_names))
     label_names = _label_names(task, raw, label_columns, kinds, list(label_names))
     rule = _label_rule(task, raw, label_columns[0], label_names, numeric_labels)
 
@@ -296,6 +297,7 @@ class ColumnKind:
     kind: str | None  # number / text / list / bool (None: every value missing)
     floats: bool  # some number written as a float: a regression target
     example: str = ""  # "'pos' at line 3 of train.csv", for messages
+    fractional: str = ""  # the first number that is not whole ("'0.5' at line 4 of train.csv"), if any
 
 
 def _column_kind(raw: dict[str, RawSplit], column: str) -> ColumnKind:
@@ -316,17 +318,22 @@ def _column_kind(raw: dict[str, RawSplit], column: str) -> ColumnKind:
                                 f"(first: {seen.example})",
                                 row=row, field=column)
             seen.floats = seen.floats or as_float
+            if kind == "number" and not seen.fractional and not float(value).is_integer():
+                seen.fractional = f"{record.get(column)!r} at {row} of {split.source}"
     return seen or ColumnKind(None, False)
 
 
-def _infer_task(kinds: dict[str, ColumnKind]) -> str:
+def _infer_task(kinds: dict[str, ColumnKind], names_given: bool = False) -> str:
+    """Floats are scores, except whole ones when --label_names names classes: a float column of class ids."""
     if len(kinds) > 1 or next(iter(kinds.values())).kind == "list":
         return "multi_label"
     kind = next(iter(kinds.values()))
-    return "regression" if kind.kind == "number" and kind.floats else "single_label"
+    scores = kind.kind == "number" and kind.floats and (bool(kind.fractional) or not names_given)
+    return "regression" if scores else "single_label"
 
 
-def _check_task_fits(task: str, kinds: dict[str, ColumnKind], raw: dict[str, RawSplit]) -> None:
+def _check_task_fits(task: str, kinds: dict[str, ColumnKind], raw: dict[str, RawSplit],
+                     names_given: bool = False) -> None:
     source = raw["train"].source
     for column, kind in kinds.items():
         if kind.kind is None:
@@ -334,9 +341,17 @@ def _check_task_fits(task: str, kinds: dict[str, ColumnKind], raw: dict[str, Raw
         if task == "single_label" and (kind.kind == "list" or len(kinds) > 1):
             raise DataError(source, "lists / several label columns are multi-label data; drop --task single_label "
                             "or pass --task multi_label", field=column)
-        if task == "single_label" and kind.floats:
-            raise DataError(source, f"labels are floats (e.g. {kind.example}): a score to regress? pass --task "
+        if task == "single_label" and kind.fractional:
+            raise DataError(source, f"labels are floats (e.g. {kind.fractional}): a score to regress? pass --task "
                             "regression (or write whole-number class ids / class names)", field=column)
+        if task == "single_label" and kind.floats and not names_given:
+            raise DataError(source, f"labels are floats (e.g. {kind.example}): scores to regress (--task "
+                            "regression), or class ids written as floats (list the classes with --label_names)?",
+                            field=column)
+        if task == "regression" and names_given:
+            raise DataError(source, f"--label_names names classes, but the labels are scores (e.g. "
+                            f"{kind.fractional or kind.example}): drop --label_names to regress, or write the labels "
+                            "as class names or whole numbers", field=column)
         if task == "regression" and kind.kind not in ("number",):
             raise DataError(source, f"regression needs numeric scores, but this column holds {_kind_name(kind.kind)} "
                             f"(e.g. {kind.example})", field=column)

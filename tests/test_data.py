@@ -862,3 +862,27 @@ def test_seqcls_class_names_that_differ_only_in_case_are_refused(tmp_path):
         load_text_data(train_file=str(path))
     assert "train.jsonl" in str(info.value) and "'Pos' and 'pos'" in str(info.value) and "--label_names" in str(
         info.value)
+
+
+def test_marked_aspects_and_occurrence_columns_are_read_as_predict_reads_them(tmp_path):
+    # A labelled file written as predict input (aspect marked in the text, or an `occurrence` column) was read as
+    # literal "[B-ASP]" text / the first occurrence by training and evaluate: another input than predict classifies.
+    from absa.data import read_absa_file
+    from absa.predict import resolve_aspect
+    rows = [{"text": "Good [B-ASP]screen[E-ASP], but the screen hinge broke", "aspect": "screen", "label": "positive"},
+            {"text": "Good screen, but the screen hinge broke", "aspect": "screen", "occurrence": 2,
+             "label": "negative"},
+            {"text": "The [B-ASP]battery[E-ASP] lasts", "label": "positive", "aspect": "Battery"}]
+    path = tmp_path / "marked.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    read = read_absa_file(path)
+    assert [(row["text"], row["start"], row["end"], row["label"]) for row in read] == [
+        ("Good screen, but the screen hinge broke", 5, 11, 2),
+        ("Good screen, but the screen hinge broke", 21, 27, 0),
+        ("The battery lasts", 4, 11, 2)]
+    for row, given in zip(read, rows):
+        span = resolve_aspect(given["text"], given["aspect"], occurrence=given.get("occurrence"))
+        assert (row["text"], row["start"], row["end"], row["aspect"]) == (span.text, span.start, span.end, span.aspect)
+    path.write_text(json.dumps({"text": "A [B-ASP]screen", "aspect": "screen", "label": "positive"}) + "\n")
+    with pytest.raises(DataError, match="line 1, field 'text'"):
+        read_absa_file(path)

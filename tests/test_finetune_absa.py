@@ -449,3 +449,20 @@ def test_frozen_word_embeddings_stay_as_they_were(tiny_model_dirs, synthetic_fol
     assert torch.equal(after[f"encoder.{word}"], before[word])
     layer = next(key for key in before if "layer.0" in key and key.endswith("weight") and before[key].ndim == 2)
     assert not torch.equal(after[f"encoder.{layer}"], before[layer])
+
+
+def test_macro_f1_is_over_the_classes_the_split_holds_or_the_model_predicts():
+    # data/contrastive holds positive and negative only: a perfect model is macro-F1 1, not 2/3 with a 0 for neutral.
+    import numpy as np
+
+    from absa.metrics import single_label_metrics
+    names = ["negative", "neutral", "positive"]
+    labels = np.array([0, 2, 0, 2])
+    perfect = single_label_metrics(np.eye(3)[labels], labels, names)
+    assert perfect["macro_f1"] == 1.0 and perfect["macro_classes"] == ["negative", "positive"]
+    assert perfect["per_class"]["neutral"]["support"] == 0 and len(perfect["confusion_matrix"]) == 3
+    # A class predicted but absent from the labels counts (its precision is 0), as scikit-learn's default does.
+    predicted = np.array([0, 2, 1, 2])
+    wrong = single_label_metrics(np.eye(3)[predicted], labels, names)
+    assert wrong["macro_classes"] == names
+    assert wrong["macro_f1"] == pytest.approx((2 / 3 + 0 + 1) / 3)

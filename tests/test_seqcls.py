@@ -595,3 +595,18 @@ def test_tuned_threshold_replaces_config_json_whole(tiny_model_dirs, tmp_path):
     assert json.loads((model_dir / "config.json").read_text())["multi_label_threshold"] == 0.35
     assert (tmp_path / "kept_config.json").read_text() == before
     assert sorted(p.name for p in model_dir.iterdir()) == sorted(p.name for p in tiny_model_dirs["bert"].iterdir())
+
+
+def test_whole_float_labels_with_label_names_are_classes_not_scores(tmp_path):
+    # A float column of class labels (pandas writes -1.0 / 0.0 / 1.0 when a cell was empty): with --label_names
+    # naming the classes it is single-label data read by the label rule, not a regression that drops the names.
+    rows = [{"text": f"t{i}", "label": f"{(i % 3) - 1}.0"} for i in range(30)]
+    train = write_table(tmp_path / "train.csv", rows)
+    data = load_text_data(train_file=str(train), label_names=["negative", "neutral", "positive"])
+    assert data.task == "single_label" and data.numeric_labels == "sentiment"
+    ids = {row["text"]: row["labels"] for split in data.splits.values() for row in split}
+    assert ids["t0"] == 0 and ids["t1"] == 1 and ids["t2"] == 2  # -1.0 negative, 0.0 neutral, 1.0 positive
+    assert load_text_data(train_file=str(train)).task == "regression"  # no class names: scores, as documented
+    scores = write_table(tmp_path / "scores.csv", [{"text": f"t{i}", "label": f"{i / 10}"} for i in range(30)])
+    with pytest.raises(DataError, match="--label_names names classes, but the labels are scores"):
+        load_text_data(train_file=str(scores), label_names=["low", "high"])
