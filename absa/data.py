@@ -180,7 +180,7 @@ def _normalise_row(record: dict, file, row_label, rule: LabelRule) -> dict | Non
             raise DataError(file, f"start/end {given_start[0]}:{given_start[1]} is not one of the spans "
                             f"{[list(span) for span in spans]}", row=row_label, field="start")
     elif is_missing(record.get("start")) and is_missing(record.get("end")):
-        spans = find_occurrences(text, aspect, ignore_case=False)[:1]  # training data: the aspect as written
+        spans = find_occurrences(text, aspect)[:1]  # the first occurrence, by the rule predict uses
         if not spans:
             raise DataError(file, f"the aspect {aspect!r} does not occur in the text", row=row_label, field="aspect")
     else:

@@ -886,3 +886,16 @@ def test_marked_aspects_and_occurrence_columns_are_read_as_predict_reads_them(tm
     path.write_text(json.dumps({"text": "A [B-ASP]screen", "aspect": "screen", "label": "positive"}) + "\n")
     with pytest.raises(DataError, match="line 1, field 'text'"):
         read_absa_file(path)
+
+
+def test_an_aspect_without_offsets_is_placed_by_the_rule_predict_uses(tmp_path):
+    # Training / evaluate took the first same-case match ("screen" -> the second word below), predict the first match
+    # in any case: evaluate scored another occurrence than predict classified. One rule now.
+    from absa.data import read_absa_file
+    from absa.predict import resolve_aspect
+    text = "Screen is bright, but the screen hinge is loose"
+    path = tmp_path / "test.jsonl"
+    path.write_text(json.dumps({"text": text, "aspect": "screen", "label": "positive"}) + "\n", encoding="utf-8")
+    row = read_absa_file(path)[0]
+    span = resolve_aspect(text, "screen")
+    assert (row["start"], row["end"]) == (span.start, span.end) == (0, 6)
