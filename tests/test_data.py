@@ -465,11 +465,11 @@ def test_unknown_label(tmp_path):
 
 def test_aspect_not_in_text(tmp_path):
     rows = [{"text": "The screen is fine.", "aspect": "screen", "label": "neutral"},
-            {"text": "The screen is fine.", "aspect": "Screen", "label": "neutral"}]
+            {"text": "The screen is fine.", "aspect": "keyboard", "label": "neutral"}]
     path = write_csv(tmp_path / "train.csv", rows, fields=("text", "aspect", "label"))
     message = error_of(path)
     assert_names(message, "train.csv", "line 3", "aspect")
-    assert "'Screen' does not occur in the text" in message
+    assert "'keyboard' does not occur in the text" in message  # (a case-only difference is found: predict's rule)
 
 
 def test_offsets_that_do_not_match_the_aspect(tmp_path):
