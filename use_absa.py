@@ -42,15 +42,15 @@ from sklearn.metrics import classification_report
 from tqdm import tqdm
 
 from absa.aspects import AspectCollator
-from absa.data import load_absa_splits, read_absa_file
+from absa.data import (MARK_END, MARK_START, AspectError, AspectSpan, load_absa_splits, parse_marked_text,
+                       read_absa_file, resolve_aspect)
 from absa.files import NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError, check_rebuilt_split, rebuild_recipe
 from absa.launch import check_distributed_setup
 from absa.metrics import macro_classes, single_label_metrics
 from absa.model import WEIGHTS_NAME, load_tokenizer
-from absa.predict import (DTYPES, MARK_END, MARK_START, AspectError, AspectSpan, autocast, check_max_length,
-                          default_max_length, encode_spans, in_input_order, label_names_of, length_sorted_loader,
-                          load_absa_model, parse_marked_text, read_absa_config, resolve_aspect,
-                          resolve_dtype, softmax)
+from absa.predict import (DTYPES, autocast, check_max_length, default_max_length, encode_spans, in_input_order,
+                          label_names_of, length_sorted_loader, load_absa_model, read_absa_config, resolve_dtype,
+                          softmax)
 from absa.reports import plot_confusion_matrix, write_json
 from absa.training import end_run
 from absa.streaming import (OUTPUT_TYPES, PartialOutput, check_tsv_cells, infer_schema, read_chunks, table_bytes,

@@ -24,10 +24,8 @@ autocast where the hardware computes bf16 natively (see `resolve_dtype`). Result
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,165 +34,11 @@ from torch.utils.data import DataLoader
 
 from .aspects import AspectCollator, encode_aspect_batch
 from .batches import text_groups
-from .data import MARK_END, MARK_START, find_occurrences, span_pairs
-from .files import is_missing
+from .data import AspectError, AspectSpan, resolve_aspect
 from .launch import bf16_is_native
 from .model import AbsaClassifier, load_tokenizer
 
 DTYPES = ("auto", "fp32", "bf16")
-_MARKERS = re.compile(re.escape(MARK_START) + "|" + re.escape(MARK_END))
-
-
-class AspectError(ValueError):
-    """An aspect that cannot be placed in its text; `field` says which input was wrong (text / aspect / start)."""
-
-    def __init__(self, message: str, field: str = "aspect"):
-        super().__init__(message)
-        self.field = field
-
-
-# --------------------------------------------------------------------------- finding the aspect in the text
-
-
-def parse_marked_text(text: str) -> tuple[str, list[tuple[int, int]]]:
-    """The text without `[B-ASP]` / `[E-ASP]` markers, and the (start, end) of every marked aspect in it.
-
-    `"The [B-ASP]battery[E-ASP] lasts"` -> `("The battery lasts", [(4, 11)])`. Spaces just inside the markers are
-    not part of the aspect. Unbalanced, nested or empty markers raise `AspectError`.
-    """
-    clean, spans, opened = [], [], None
-    length, position = 0, 0
-    for match in _MARKERS.finditer(text):
-        piece = text[position:match.start()]
-        clean.append(piece)
-        length += len(piece)
-        position = match.end()
-        if match.group() == MARK_START:
-            if opened is not None:
-                raise AspectError(f"{MARK_START} inside a marked aspect (missing {MARK_END}) in {_shorten(text)!r}",
-                                  "text")
-            opened = length
-        else:
-            if opened is None:
-                raise AspectError(f"{MARK_END} without {MARK_START} in {_shorten(text)!r}", "text")
-            joined = "".join(clean)
-            start = opened + len(joined[opened:]) - len(joined[opened:].lstrip())
-            end = len(joined.rstrip()) if joined[opened:].strip() else start
-            if end <= start:
-                raise AspectError(f"an empty marked aspect in {_shorten(text)!r}", "text")
-            spans.append((start, end))
-            opened = None
-    if opened is not None:
-        raise AspectError(f"{MARK_START} without {MARK_END} in {_shorten(text)!r}", "text")
-    clean.append(text[position:])
-    return "".join(clean), spans
-
-
-@dataclass(frozen=True)
-class AspectSpan:
-    """One aspect placed in its text (the text without markers).
-
-    `occurrences`: how often the searched aspect occurs in the text; `ambiguous`: several, and no occurrence was
-    asked for, so the first was taken (worth telling the user).
-    """
-
-    text: str
-    start: int
-    end: int
-    occurrences: int = 1
-    ambiguous: bool = False
-    spans: tuple = ()  # every occurrence the mask covers (a $T$ record naming its target twice); default start:end
-
-    @property
-    def aspect(self) -> str:
-        return self.text[self.start:self.end]
-
-
-def resolve_aspect(text: str, aspect: str | None = None, start=None, end=None,
-                   occurrence: int | None = None, spans=None) -> AspectSpan:
-    """Place one aspect in `text`: by offsets, else by markers, else by searching (the `occurrence`-th, 1-based).
-
-    With markers and an aspect, the marked aspect with that wording is taken (several marked aspects need the
-    aspect to say which). `spans`, every [start, end] of an aspect named at several places (a `$T$` record, as
-    absa.data reads it for training and evaluation), places it at all of them; start/end, if given too, must be one.
-    Raises `AspectError` naming what is wrong.
-    """
-    if is_missing(text, text=True):
-        raise AspectError("the text is missing or empty", "text")
-    for value, field in ((text, "text"), (aspect, "aspect")):
-        if not (isinstance(value, str) or is_missing(value, text=True)):  # not str(): a list would become "['a']"
-            raise AspectError(f"the {field} must be a string, got {type(value).__name__} {value!r:.80}", field)
-    clean, marked = parse_marked_text(text)
-    aspect = None if is_missing(aspect, text=True) else str(aspect).strip()
-    occurrence = None if is_missing(occurrence) else _whole_number(occurrence, "occurrence")
-    if occurrence is not None and occurrence < 1:
-        raise AspectError(f"occurrence counts from 1, got {occurrence}", "occurrence")
-    offsets = not (is_missing(start) and is_missing(end))
-    if (offsets or not is_missing(spans)) and marked:
-        raise AspectError("give the aspect either with [B-ASP]...[E-ASP] markers or with start/end, not both",
-                          "start" if offsets else "spans")
-    if not is_missing(spans):
-        pairs = span_pairs(spans)
-        if pairs is None:
-            raise AspectError(f"spans must be a non-empty list of [start, end] pairs, got {spans!r:.80}", "spans")
-        placed = sorted({_offsets_of(clean, aspect, *span, field="spans") for span in pairs})
-        if offsets and _offsets_of(clean, aspect, start, end) not in placed:
-            raise AspectError(f"start/end {start}:{end} is not one of the spans {[list(s) for s in placed]}", "start")
-        return AspectSpan(clean, *placed[0], spans=tuple(placed))
-    if offsets:
-        return AspectSpan(clean, *_offsets_of(clean, aspect, start, end))
-    if marked:
-        if aspect is None:
-            if len(marked) > 1:
-                raise AspectError(f"{len(marked)} aspects are marked; say which one with the aspect, or give one "
-                                  "marked aspect per text", "aspect")
-            return AspectSpan(clean, *marked[0])
-        chosen = [span for span in marked if clean[span[0]:span[1]].lower() == aspect.lower()]  # as the search
-        if not chosen:
-            raise AspectError(f"the aspect {aspect!r} is not one of the marked aspects "
-                              f"({', '.join(repr(clean[s:e]) for s, e in marked)})")
-        return AspectSpan(clean, *_nth(chosen, occurrence, aspect), len(chosen), len(chosen) > 1 and not occurrence)
-    if aspect is None:
-        raise AspectError("no aspect: give the aspect, or mark it in the text with [B-ASP]...[E-ASP]")
-    found = find_occurrences(clean, aspect)
-    if not found:
-        raise AspectError(f"the aspect {aspect!r} does not occur in the text {_shorten(clean)!r}")
-    return AspectSpan(clean, *_nth(found, occurrence, aspect), len(found), len(found) > 1 and not occurrence)
-
-
-def _offsets_of(clean: str, aspect: str | None, start, end, field: str = "start") -> tuple[int, int]:
-    """Offsets from a file or a caller, checked against the text and the aspect."""
-    start, end = _whole_number(start, field), _whole_number(end, field)
-    if not 0 <= start < end <= len(clean):
-        raise AspectError(f"the offsets {start}:{end} are outside the text ({len(clean)} characters)", field)
-    if aspect is not None and clean[start:end].strip() != aspect:
-        raise AspectError(f"the offsets {start}:{end} give {clean[start:end]!r}, not the aspect {aspect!r}", field)
-    return start, end
-
-
-def _whole_number(value, field: str) -> int:
-    """An offset or occurrence from JSON, CSV ("4", or "4.0" when pandas wrote a column with gaps) or Parquet."""
-    try:
-        number = float(value)
-        if number.is_integer():
-            return int(number)
-    except (TypeError, ValueError):
-        pass
-    what = ("start and end must be whole numbers" if field == "start" else "spans must hold whole numbers"
-            if field == "spans" else f"{field} must be a whole number")
-    raise AspectError(f"{what}, got {value!r}", field)
-
-
-def _nth(spans, occurrence, aspect):
-    number = int(occurrence or 1)
-    if number > len(spans):
-        raise AspectError(f"the aspect {aspect!r} occurs {len(spans)} time(s) in the text; there is no "
-                          f"occurrence {number}", "occurrence")
-    return spans[number - 1]
-
-
-def _shorten(text: str, width: int = 80) -> str:
-    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 # --------------------------------------------------------------------------- running the model

@@ -868,7 +868,7 @@ def test_marked_aspects_and_occurrence_columns_are_read_as_predict_reads_them(tm
     # A labelled file written as predict input (aspect marked in the text, or an `occurrence` column) was read as
     # literal "[B-ASP]" text / the first occurrence by training and evaluate: another input than predict classifies.
     from absa.data import read_absa_file
-    from absa.predict import resolve_aspect
+    from absa.data import resolve_aspect
     rows = [{"text": "Good [B-ASP]screen[E-ASP], but the screen hinge broke", "aspect": "screen", "label": "positive"},
             {"text": "Good screen, but the screen hinge broke", "aspect": "screen", "occurrence": 2,
              "label": "negative"},
@@ -892,7 +892,7 @@ def test_an_aspect_without_offsets_is_placed_by_the_rule_predict_uses(tmp_path):
     # Training / evaluate took the first same-case match ("screen" -> the second word below), predict the first match
     # in any case: evaluate scored another occurrence than predict classified. One rule now.
     from absa.data import read_absa_file
-    from absa.predict import resolve_aspect
+    from absa.data import resolve_aspect
     text = "Screen is bright, but the screen hinge is loose"
     path = tmp_path / "test.jsonl"
     path.write_text(json.dumps({"text": text, "aspect": "screen", "label": "positive"}) + "\n", encoding="utf-8")

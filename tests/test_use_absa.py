@@ -23,7 +23,8 @@ sys.path.insert(0, str(REPO))  # `import use_absa` also under plain `pytest`
 
 import use_absa  # noqa: E402
 from absa.model import AbsaClassifier, load_tokenizer  # noqa: E402
-from absa.predict import AbsaPredictor, AspectError, parse_marked_text, resolve_aspect  # noqa: E402
+from absa.data import AspectError, parse_marked_text, resolve_aspect  # noqa: E402
+from absa.predict import AbsaPredictor  # noqa: E402
 
 LABELS = ["negative", "neutral", "positive"]
 FAMILIES = ("bert", "roberta", "xlm-roberta", "deberta-v2", "electra")
