@@ -26,9 +26,10 @@ from tqdm.auto import tqdm
 from absa.aspects import INPUT_FORMATS, AspectCollator, encode_absa_splits
 from absa.batches import make_dataloaders
 from absa.data import DEFAULT_LABELS, load_absa_splits
+from absa.encoders import load_tokenizer
 from absa.files import NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError
 from absa.metrics import single_label_metrics
-from absa.model import POOLINGS, AbsaClassifier, load_tokenizer
+from absa.model import POOLINGS, AbsaClassifier
 from absa.reports import plot_confusion_matrix, plot_curves, write_json
 from absa.training import (BEST_MODEL, RunState, TrainingSettings, check_resume, clear_output_dir, finish_run,
                            linear_schedule, load_best_weights, make_accelerator, optimizer_steps, parse_settings,

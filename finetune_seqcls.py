@@ -30,11 +30,10 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification, DataCollatorWithPadding
 
 from absa.batches import make_dataloaders
-from absa.files import NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError
-from absa.launch import make_fsdp_ready
+from absa.encoders import load_pretrained, load_tokenizer, loading_error, make_fsdp_ready, resolve_model_path
+from absa.files import NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError, write_atomically
 from absa.metrics import best_threshold, multi_label_metrics, regression_metrics, scalar_metrics, single_label_metrics
-from absa.model import load_pretrained, load_tokenizer, loading_error, resolve_model_path
-from absa.reports import plot_confusion_matrix, plot_curves, write_atomically, write_json, write_jsonl
+from absa.reports import plot_confusion_matrix, plot_curves, write_json, write_jsonl
 from absa.text_data import ALL_METRICS, PROBLEM_TYPES, TASK_METRICS, TASKS, encode_text_splits, load_text_data
 from absa.text_predictions import (labelled_prediction_rows, predict_only, prediction_inputs, prediction_loader,
                                    prediction_records, predictions_path, write_predictions)

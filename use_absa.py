@@ -44,17 +44,18 @@ from tqdm import tqdm
 from absa.aspects import AspectCollator
 from absa.data import (MARK_END, MARK_START, AspectError, AspectSpan, load_absa_splits, parse_marked_text,
                        read_absa_file, resolve_aspect)
-from absa.files import NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError, check_rebuilt_split, rebuild_recipe
-from absa.launch import check_distributed_setup
+from absa.encoders import load_tokenizer
+from absa.files import (NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError, check_rebuilt_split, rebuild_recipe,
+                        write_atomically)
+from absa.launch import check_distributed_setup, end_run
 from absa.metrics import macro_classes, single_label_metrics
-from absa.model import WEIGHTS_NAME, load_tokenizer
+from absa.model import WEIGHTS_NAME
 from absa.predict import (DTYPES, autocast, check_max_length, default_max_length, encode_spans, in_input_order,
                           label_names_of, length_sorted_loader, load_absa_model, read_absa_config, resolve_dtype,
                           softmax)
 from absa.reports import plot_confusion_matrix, write_json
-from absa.training import end_run
 from absa.streaming import (OUTPUT_TYPES, PartialOutput, check_tsv_cells, infer_schema, read_chunks, table_bytes,
-                            unify_schemas, write_bytes_atomically)
+                            unify_schemas)
 
 # --------------------------------------------------------------------------- arguments
 
@@ -706,7 +707,7 @@ def predict_texts(args, accelerator: Accelerator) -> None:
         print(f"{span.aspect}: {label} {row.max():.2f} ({others})  |  {shown}")
         results.append(prediction_row({"text": span.text, "aspect": span.aspect}, span, names, row))
     if output:
-        write_bytes_atomically(output, table_bytes(results, output.suffix.lower()))
+        write_atomically(output, table_bytes(results, output.suffix.lower()))
         print(f"wrote {output}")
     print(f"{len(spans)} predictions in {seconds:.2f} s ({len(spans) / max(seconds, 1e-9):.1f} predictions/s; "
           f"model loaded in {loaded - started:.1f} s) on {accelerator.device}, {dtype_name(dtype)}")

@@ -13,16 +13,10 @@ import logging
 import torch
 from transformers import DataCollatorWithPadding
 
+from .encoders import require_fast_tokenizer
 from .files import DataError
 
 logger = logging.getLogger(__name__)
-
-
-def require_fast_tokenizer(tokenizer, name: str = "") -> None:
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"{name or type(tokenizer).__name__}: a fast (Rust) tokenizer is needed to map the aspect's "
-                         "characters to tokens, but this one is slow. Load it with use_fast=True, or convert it "
-                         "(install `sentencepiece` and `protobuf` so transformers can build tokenizer.json).")
 
 
 # What the encoder is shown (recorded in a saved model's config as `absa_input_format`):

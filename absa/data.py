@@ -24,8 +24,8 @@ from pathlib import Path
 import datasets
 import pandas as pd
 
-from .files import (SPLIT_NAMES, TABLE_SUFFIXES, DataError, LabelRule, Splits, carve_validation, find_split_files, is_missing,
-                    load_hub_dataset, read_rows, read_text, require_columns)
+from .files import (SPLIT_NAMES, TABLE_SUFFIXES, DataError, LabelRule, Splits, carve_validation, find_split_files,
+                    is_missing, load_hub_dataset, read_rows, read_text, require_columns)
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,9 @@ import csv
 import hashlib
 import json
 import logging
+import os
 import re
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -508,3 +510,15 @@ def carve_validation(splits: datasets.DatasetDict, fraction: float, seed: int, s
                                              train.select(np.flatnonzero(held_out)))
     result.validation_split = split_record(result, "carved", fraction, seed)
     return result
+
+
+def write_atomically(path: str | Path, data: str | bytes) -> None:
+    """Written beside `path` (its folder made if need be), flushed to disk, renamed over it: `path` is complete, or
+    it is what it was before."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(handle.name, path)

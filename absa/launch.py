@@ -13,11 +13,13 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from accelerate.utils import DistributedType
-from torch import nn
 
 logger = logging.getLogger(__name__)
 
+# One precision vocabulary for training and use: no (fp32), fp16 and bf16 autocast, auto (bf16 where it is native).
+MIXED_PRECISIONS = ("no", "fp16", "bf16", "auto")
 CPU_LAUNCH = "ACCELERATE_USE_CPU=true torchrun --nproc_per_node N SCRIPT ARGS"
 
 # Where torchrun (WORLD_SIZE) and MPI launchers announce the number of processes they started;
@@ -34,54 +36,6 @@ def _announced_world_size():
 
 def _flag(var):
     return os.environ.get(var, "").lower() in ("1", "true", "yes")
-
-
-def fsdp_wrap_classes(model) -> list[str]:
-    """Class names of the model's repeated blocks (BertLayer, DebertaV2Layer, DistilBERT's TransformerBlock,
-    AlbertLayer, ...) for FSDP's TRANSFORMER_BASED_WRAP: each block becomes an FSDP unit of its own.
-
-    The blocks are the items of every `nn.ModuleList` whose items share one class, plus the classes transformers
-    names in `_no_split_modules`; classes that contain the input embedding are left out (accelerate gives that
-    embedding a unit of its own, and sharding it a second time inside BertEmbeddings fails), and of nested blocks
-    only the innermost are kept. transformers' list alone does not serve: it is empty for DeBERTa-v2, ELECTRA,
-    DistilBERT and ALBERT, and then the whole model would be one FSDP unit, gathered at once.
-    """
-    from transformers import PreTrainedModel
-
-    embedding = getattr(model, "get_input_embeddings", lambda: None)()
-    named = set()
-    for module in model.modules():
-        # torch's own classes (a list of Linear heads) are building blocks, not layers
-        if isinstance(module, nn.ModuleList) and len(module) and len({type(item) for item in module}) == 1 \
-                and not type(module[0]).__module__.startswith("torch."):
-            named.add(type(module[0]).__name__)
-        if isinstance(module, PreTrainedModel):
-            named.update(module._no_split_modules or ())
-    blocks = {}  # class name -> the model's modules of that class
-    for module in model.modules():
-        if type(module).__name__ in named:
-            blocks.setdefault(type(module).__name__, []).append(module)
-
-    def contains(outer, inner_name):
-        return any(type(inner).__name__ == inner_name for inner in outer.modules() if inner is not outer)
-
-    return sorted(name for name, modules in blocks.items()
-                  if not any(embedding is not None and any(m is embedding for m in module.modules())
-                             for module in modules)
-                  and not any(contains(module, other) for module in modules for other in blocks if other != name))
-
-
-def make_fsdp_ready(model):
-    """Set the FSDP wrap classes (`model._no_split_modules`, read by accelerate's TRANSFORMER_BASED_WRAP);
-    returns the model. Under an FSDP launch a model without repeated blocks gets a warning: it would be sharded
-    as one unit, every parameter gathered at once."""
-    model._no_split_modules = fsdp_wrap_classes(model)
-    if not model._no_split_modules and _flag("ACCELERATE_USE_FSDP"):
-        logger.warning("FSDP: found no repeated layers in %s to wrap, so the whole model is one FSDP unit and every "
-                       "parameter is gathered at once (no memory saved over DDP). Set "
-                       "fsdp_transformer_layer_cls_to_wrap in the accelerate config to its layer class.",
-                       type(model).__name__)
-    return model
 
 
 def check_distributed_setup(accelerator) -> None:
@@ -195,3 +149,20 @@ def bf16_is_native(device) -> bool:
         capabilities = getattr(torch.cpu, "get_capabilities", dict)()
         return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
     return False
+
+
+def resolve_mixed_precision(choice: str, device) -> str:
+    """`--mixed_precision` on `device`: auto is bf16 where bf16 is native (see `bf16_is_native`), else no (fp32)."""
+    if choice not in MIXED_PRECISIONS:
+        raise ValueError(f"mixed precision must be one of {', '.join(MIXED_PRECISIONS)}, got {choice!r}")
+    if choice == "auto":
+        return "bf16" if bf16_is_native(device) else "no"
+    return choice
+
+
+def end_run() -> None:
+    """Tear down the process group once every process is done: a process that destroys the gloo group while
+    another still writes its files can abort that one."""
+    state = PartialState()
+    state.wait_for_everyone()
+    state.destroy_process_group()

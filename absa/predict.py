@@ -35,8 +35,9 @@ from torch.utils.data import DataLoader
 from .aspects import AspectCollator, encode_aspect_batch
 from .batches import text_groups
 from .data import AspectError, AspectSpan, resolve_aspect
+from .encoders import load_tokenizer
 from .launch import bf16_is_native
-from .model import AbsaClassifier, load_tokenizer
+from .model import AbsaClassifier
 
 DTYPES = ("auto", "fp32", "bf16")
 

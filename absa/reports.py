@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import statistics
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -16,17 +15,7 @@ import numpy as np
 matplotlib.use("Agg")  # no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
-
-def write_atomically(path: str | Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path` and rename it over `path`: a crash leaves the old file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False,
-                                     encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, path)
+from .files import write_atomically  # noqa: E402
 
 
 def write_json(path, data) -> None:

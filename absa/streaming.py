@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .files import DELIMITED, DataError, iter_rows
+from .files import DELIMITED, DataError, iter_rows, write_atomically
 
 OUTPUT_TYPES = (".jsonl", ".csv", ".tsv", ".parquet")
 
@@ -97,18 +97,6 @@ def check_tsv_cells(rows, file) -> None:
                                     "no quoting): write .csv, .jsonl or .parquet", row=label, field=key)
 
 
-def write_bytes_atomically(path: Path, data: bytes) -> None:
-    """Written beside `path` (its folder made if need be), flushed to disk, renamed into place: `path` is complete or
-    absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
 class PartialOutput:
     """OUTPUT.partial/: `run.json` (the run's description) and chunk-NNNNNNN files; `finish` joins them into OUTPUT."""
 
@@ -133,10 +121,10 @@ class PartialOutput:
     def start(self, run: dict) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir(parents=True)
-        write_bytes_atomically(self.folder / "run.json", (json.dumps(run, indent=2) + "\n").encode("utf-8"))
+        write_atomically(self.folder / "run.json", (json.dumps(run, indent=2) + "\n").encode("utf-8"))
 
     def write_chunk(self, index: int, data: bytes) -> None:
-        write_bytes_atomically(self.chunk_path(index), data)
+        write_atomically(self.chunk_path(index), data)
 
     def finish(self, chunks: int) -> None:
         """Join chunks 0..chunks-1 into OUTPUT (one rename), then remove the folder. Reads one chunk at a time."""

@@ -16,8 +16,9 @@ import transformers
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, DataCollatorWithPadding
 
-from .model import resolve_model_path
-from .reports import write_atomically, write_jsonl
+from .encoders import resolve_model_path
+from .files import write_atomically
+from .reports import write_jsonl
 from .text_data import LABELS, PROBLEM_TYPES, TEXT, TEXT_PAIR, TextData, read_inputs
 
 

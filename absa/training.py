@@ -24,7 +24,8 @@ from accelerate.utils import GradientAccumulationPlugin, broadcast_object_list, 
 from safetensors.torch import load_file
 from transformers import HfArgumentParser
 
-from .launch import bf16_is_native, check_distributed_setup, check_shared_output_dir, keep_freed_memory
+from .launch import (MIXED_PRECISIONS, check_distributed_setup, check_shared_output_dir, end_run, keep_freed_memory,
+                     resolve_mixed_precision)
 from .metrics import is_better, scalar_metrics
 from .reports import recover_folder, replace_folder, summarize_seeds, write_json, write_jsonl
 
@@ -32,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 BEST_MODEL = "best_model"
 CHECKPOINTS = "checkpoints"
-MIXED_PRECISIONS = ("no", "fp16", "bf16", "auto")
 
 
 @dataclass
@@ -146,7 +146,7 @@ def make_accelerator(settings: TrainingSettings) -> Accelerator:
         mixed_precision = None  # launched with an accelerate config: its choice
     elif mixed_precision == "auto":  # (not PartialState().device: a state made before the Accelerator misses --cpu)
         on_cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
-        mixed_precision = "bf16" if bf16_is_native("cpu" if on_cpu else "cuda") else "no"
+        mixed_precision = resolve_mixed_precision("auto", "cpu" if on_cpu else "cuda")
     accelerator = Accelerator(mixed_precision=mixed_precision, log_with=settings.report_to,
                               gradient_accumulation_plugin=gradient_accumulation(settings),
                               project_dir=settings.output_dir)
@@ -597,14 +597,6 @@ def run_for_seeds(main, settings: TrainingSettings, keys) -> list[dict]:
                       f"seeds {settings.seeds}")
     end_run()
     return runs
-
-
-def end_run() -> None:
-    """Tear down the process group once every process is done: a process that destroys the gloo group while
-    another still writes its files can abort that one."""
-    state = PartialState()
-    state.wait_for_everyone()
-    state.destroy_process_group()
 
 
 def run_summary(accelerator: Accelerator, run: RunState, settings: TrainingSettings, started: float) -> dict:

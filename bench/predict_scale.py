@@ -64,7 +64,8 @@ def write_input(path: Path, count: int) -> Path:
 
 def fresh_minilm(folder: Path) -> Path:
     """An ABSA model folder as finetune_absa.py writes it, around the embedded MiniLM (head untrained)."""
-    from absa.model import AbsaClassifier, load_tokenizer
+    from absa.model import AbsaClassifier
+    from absa.encoders import load_tokenizer
     model = AbsaClassifier.from_encoder(benchlib.MODEL, benchlib.LABELS, max_length=128)
     model.save_pretrained(folder)
     load_tokenizer(benchlib.MODEL).save_pretrained(folder)
@@ -75,7 +76,8 @@ def tiny_model(folder: Path) -> Path:
     """A random 1-layer, hidden-32 BERT with MiniLM's tokenizer (same vocabulary), as an ABSA model folder."""
     import torch
     from transformers import BertConfig, BertModel
-    from absa.model import AbsaClassifier, load_tokenizer
+    from absa.model import AbsaClassifier
+    from absa.encoders import load_tokenizer
     tokenizer = load_tokenizer(benchlib.MODEL)
     torch.manual_seed(0)
     encoder = folder.with_name(folder.name + "_encoder")

@@ -39,7 +39,8 @@ def read_test(limit: int | None = None) -> list[dict]:
 
 def fresh_model_folder(folder: str) -> str:
     """An ABSA model folder as finetune_absa.py writes it, around the embedded MiniLM (head untrained)."""
-    from absa.model import AbsaClassifier, load_tokenizer
+    from absa.model import AbsaClassifier
+    from absa.encoders import load_tokenizer
     model = AbsaClassifier.from_encoder(benchlib.MODEL, benchlib.LABELS)
     model.save_pretrained(folder)
     load_tokenizer(benchlib.MODEL).save_pretrained(folder)
@@ -50,7 +51,8 @@ class SeedPredictor:
     """The seed's prediction: pad to 100, fp32, batch 16, a forward per batch under no_grad, in input order."""
 
     def __init__(self, folder: str):
-        from absa.model import AbsaClassifier, load_tokenizer
+        from absa.model import AbsaClassifier
+        from absa.encoders import load_tokenizer
         self.model = AbsaClassifier.from_pretrained(folder).eval()
         self.tokenizer = load_tokenizer(folder)
         self.collator = benchlib.FixedPadCollator(self.tokenizer, benchlib.SEED_PAD)

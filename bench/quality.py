@@ -81,7 +81,7 @@ def run_seed_recipe(seed: int, epochs: float, output_dir: str, group: str, threa
     from transformers import Trainer
     from absa.aspects import encode_absa_splits
     from absa.metrics import single_label_metrics
-    from absa.model import load_tokenizer
+    from absa.encoders import load_tokenizer
 
     started = time.time()
     benchlib.quiet_libraries()

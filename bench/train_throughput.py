@@ -250,7 +250,7 @@ def run_trainer(spec: dict, pacer: Pacer, workdir: str) -> dict:
     from transformers import Trainer, TrainerCallback
     from transformers.trainer_pt_utils import LengthGroupedSampler
     from absa.aspects import AspectCollator, encode_absa_splits
-    from absa.model import load_tokenizer
+    from absa.encoders import load_tokenizer
 
     benchlib.quiet_libraries()
     splits = benchlib.laptop_splits()

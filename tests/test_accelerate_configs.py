@@ -23,7 +23,8 @@ from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
 from accelerate.utils.launch import prepare_multi_gpu_env
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
-from absa.launch import check_distributed_setup, fsdp_wrap_classes, make_fsdp_ready
+from absa.launch import check_distributed_setup
+from absa.encoders import fsdp_wrap_classes, make_fsdp_ready
 from absa.model import AbsaClassifier
 
 REPO = Path(__file__).resolve().parents[1]

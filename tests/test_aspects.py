@@ -11,10 +11,10 @@ import tiny_models
 import torch
 from transformers import AutoTokenizer
 
-from absa.aspects import (AspectCollator, encode_absa_splits, encode_aspect_batch, require_fast_tokenizer,
-                          window_around_aspect)
+from absa.aspects import AspectCollator, encode_absa_splits, encode_aspect_batch, window_around_aspect
+from absa.encoders import require_fast_tokenizer
 from absa.files import DataError
-from absa.model import load_tokenizer
+from absa.encoders import load_tokenizer
 
 FAMILIES = tiny_models.FAMILIES
 

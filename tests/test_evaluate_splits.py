@@ -19,7 +19,8 @@ import finetune_absa  # noqa: E402
 import finetune_seqcls  # noqa: E402
 import use_absa  # noqa: E402
 from absa.data import load_absa_splits  # noqa: E402
-from absa.model import AbsaClassifier, load_tokenizer  # noqa: E402
+from absa.encoders import load_tokenizer  # noqa: E402
+from absa.model import AbsaClassifier  # noqa: E402
 from absa.training import parse_settings  # noqa: E402
 
 SAMPLE = REPO / "data" / "sample_laptops"

@@ -102,7 +102,8 @@ def test_best_model_reloads_with_the_validation_metrics_it_was_chosen_for(tiny_m
     from absa.aspects import AspectCollator, encode_absa_splits
     from absa.data import load_absa_splits
     from absa.metrics import single_label_metrics
-    from absa.model import AbsaClassifier, load_tokenizer
+    from absa.model import AbsaClassifier
+    from absa.encoders import load_tokenizer
 
     results = run_main(tiny_model_dirs["roberta"], synthetic_folder, tmp_path / "run", "--num_epochs", 3)
     model = AbsaClassifier.from_pretrained(tmp_path / "run/best_model").eval()

@@ -74,7 +74,8 @@ def absa_test_loss(model_dir: Path, data: Path) -> tuple[float, list]:
     from absa.aspects import AspectCollator, encode_absa_splits
     from absa.data import load_absa_splits
     from absa.metrics import single_label_metrics
-    from absa.model import AbsaClassifier, load_tokenizer
+    from absa.model import AbsaClassifier
+    from absa.encoders import load_tokenizer
 
     model = AbsaClassifier.from_pretrained(model_dir).eval()
     tokenizer = load_tokenizer(str(model_dir))

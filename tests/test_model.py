@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from absa.aspects import AspectCollator, encode_absa_splits
 from absa.data import DEFAULT_LABELS
-from absa.model import POOLINGS, WEIGHTS_NAME, AbsaClassifier, load_tokenizer, resolve_model_path
+from absa.model import POOLINGS, WEIGHTS_NAME, AbsaClassifier
+from absa.encoders import load_tokenizer, resolve_model_path
 
 FAMILIES = tiny_models.FAMILIES
 EXAMPLES = [

@@ -136,12 +136,12 @@ def test_bad_row_in_a_late_chunk_stops_before_the_model_loads(model_dir, absa_di
 SLOW_CHUNKS = """
 import runpy, sys, time
 import absa.streaming as streaming
-write = streaming.write_bytes_atomically
+write = streaming.write_atomically
 def slow(path, data):  # half a chunk file on disk for a while: where a kill lands
     path.with_name(f".{path.name}.tmp").write_bytes(data[:len(data) // 2])
     time.sleep(0.25)
     write(path, data)
-streaming.write_bytes_atomically = slow
+streaming.write_atomically = slow
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """

@@ -14,7 +14,7 @@ import pytest
 import finetune_absa
 from absa.aspects import encode_absa_splits
 from absa.data import load_absa_splits
-from absa.model import load_tokenizer
+from absa.encoders import load_tokenizer
 from absa.training import parse_settings
 
 ROOT = Path(__file__).resolve().parents[1]

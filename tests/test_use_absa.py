@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `import use_absa` also under plain `pytest`
 
 import use_absa  # noqa: E402
-from absa.model import AbsaClassifier, load_tokenizer  # noqa: E402
+from absa.encoders import load_tokenizer  # noqa: E402
+from absa.model import AbsaClassifier  # noqa: E402
 from absa.data import AspectError, parse_marked_text, resolve_aspect  # noqa: E402
 from absa.predict import AbsaPredictor  # noqa: E402
 
