@@ -179,7 +179,7 @@ def test_sampler_keeps_a_sentences_aspects_together_and_depends_only_on_the_epoc
                                                       (True, "no", "no")])
 def test_mixed_precision_auto(monkeypatch, tmp_path, native, launched, expected):
     from absa.training import TrainingSettings, make_accelerator
-    monkeypatch.setattr("absa.training.bf16_is_native", lambda device: native)
+    monkeypatch.setattr("absa.launch.bf16_is_native", lambda device: native)
     if launched:  # what `accelerate launch` exports from its config
         monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launched)
     else:
