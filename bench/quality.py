@@ -7,6 +7,16 @@
     python bench/quality.py sweep --values 1e-5 3e-5 1e-4 --flag learning_rate   # choose on VALIDATION, seed 42
     python bench/quality.py formats --seeds 42 1 2 3 4   # each --input_format on Laptop14 and MAMS, paired table
     python bench/quality.py table                         # mean and range of every group measured so far
+    python bench/quality.py recipes --models minilm mpnet=/path/to/mpnet --datasets laptop14 \
+        --recipes today metric_for_best_model=macro_f1 --seeds 42 1 2 3 4   # recipes x encoders x data sets
+
+recipes: each recipe is today's recipe for that encoder (TODAY: the script's defaults, --learning_rate 5e-5 for
+MiniLM) plus its own flags: a preset name of RECIPES, or FLAG=VALUE[,FLAG=VALUE...] of finetune_absa.py settings.
+Every finished seed is appended to the results file at once; a run that is already there (same encoder, data set,
+recipe and seed) is not run again, so an interrupted sweep continues with the same command. The table: per encoder,
+data set and recipe, test macro-F1 and accuracy mean±sd (range) over the seeds, the paired macro-F1 difference to
+today's recipe on the same seeds, the mean best validation loss and validation macro-F1 (what a choice may look at),
+the wall minutes and the README sentences right.
 
 compare (the default): finetune_absa.py with its defaults and the learning rate chosen for small encoders on
 validation (--learning_rate 5e-5, see bench/README.md), 3 seeds; then the seed recipe for the same seeds, reusing
@@ -48,6 +58,13 @@ DATASETS = {"laptop14": benchlib.DATASET,
             "mams": str((benchlib.ROOT / ".." / "shared" / "data" / "mams_atsa").resolve())}
 # MAMS has 11186 train aspects (4.8x Laptop14) and its own validation split: fewer epochs reach its best.
 DATASET_FLAGS = {"laptop14": [], "mams": ["--num_epochs", "4", "--early_stopping_patience", "2"]}
+# Today's recipe per encoder: the script's defaults; small encoders such as MiniLM train at lr 5e-5 (README).
+TODAY = {"minilm": ["--learning_rate", "5e-5"]}
+# Named levers, added to today's recipe (later flags win).
+RECIPES = {"today": [],
+           "select_f1": ["--metric_for_best_model", "macro_f1"],
+           "select_f1_long": ["--metric_for_best_model", "macro_f1", "--num_epochs", "15",
+                              "--early_stopping_patience", "5"]}
 CONTRASTIVE = benchlib.ROOT / "data" / "contrastive" / "test.jsonl"
 # The README's example sentences (text, aspect, occurrence, the right answer).
 README_EXAMPLES = [
@@ -110,9 +127,10 @@ def run_seed_recipe(seed: int, epochs: float, output_dir: str, group: str, threa
             "selection": "best epoch on TEST by macro-F1 (as published)", "train_rows": len(features["train"])}
 
 
-def run_product(seed: int, extra: list[str], output_root: str, group: str, dataset: str = benchlib.DATASET) -> dict:
+def run_product(seed: int, extra: list[str], output_root: str, group: str, dataset: str = benchlib.DATASET,
+                model: str = benchlib.MODEL) -> dict:
     output_dir = Path(output_root) / f"seed_{seed}"
-    command = [sys.executable, "finetune_absa.py", "--model_name_or_path", benchlib.MODEL, "--dataset",
+    command = [sys.executable, "finetune_absa.py", "--model_name_or_path", model, "--dataset",
                os.path.relpath(dataset, benchlib.ROOT), "--output_dir", str(output_dir), "--seed", str(seed),
                "--overwrite_output_dir", *extra]
     print("$ python " + " ".join(command[1:]), flush=True)
@@ -126,7 +144,8 @@ def run_product(seed: int, extra: list[str], output_root: str, group: str, datas
             "process_seconds": process_seconds, "train_samples_per_second": results["train_samples_per_second"],
             "best_validation": {k: results["best_validation"].get(k) for k in ("loss", "accuracy", "macro_f1")},
             "mixed_precision": results["mixed_precision"], "output_dir": str(output_dir),
-            "selection": "validation loss (validation split of the data, else 10 % of train by sentence)",
+            "selection": f"validation {results['settings']['metric_for_best_model']} (validation split of the data, "
+                         "else 10 % of train by sentence)",
             "command": "python " + " ".join(command[1:]),
             "history": [{k: row.get(k) for k in ("epoch", "loss", "accuracy", "macro_f1")}
                         for row in results["validation_history"]]}
@@ -190,6 +209,54 @@ def summarize_formats(rows: list[dict], seeds) -> None:
                   f"{np.mean([r['train_samples_per_second'] for r in members]):>9.1f}  {shown}")
 
 
+def recipe_flags(recipe: str) -> list[str]:
+    """A preset's flags, or FLAG=VALUE[,FLAG=VALUE...] as finetune_absa.py flags."""
+    if recipe in RECIPES:
+        return list(RECIPES[recipe])
+    return [part for pair in recipe.split(",") for part in (f"--{pair.split('=', 1)[0]}", pair.split("=", 1)[1])]
+
+
+def run_recipe(seed: int, model: str, path: str, dataset: str, recipe: str, output_root: str) -> dict:
+    """One seed of a recipe; the README sentences asked of its best model."""
+    flags = [*TODAY.get(model, []), *DATASET_FLAGS[dataset], *recipe_flags(recipe)]
+    row = run_product(seed, flags, f"{output_root}/recipes/{model}_{dataset}_{slug(recipe)}",
+                      recipe_group(model, dataset, recipe), DATASETS[dataset], path)
+    best = benchlib.ROOT / row["output_dir"] / "best_model"
+    return {**row, "model": model, "dataset": dataset, "recipe": recipe, "readme_examples": readme_examples(best)}
+
+
+def recipe_group(model: str, dataset: str, recipe: str) -> str:
+    return f"recipe {model} {dataset} {recipe}"
+
+
+def summarize_recipes(rows: list[dict], seeds) -> None:
+    """Per encoder and data set: each recipe over the seeds, and its paired difference to today's recipe."""
+    latest = {}
+    for row in rows:
+        if row["group"].startswith("recipe ") and row["seed"] in seeds:
+            latest[row["model"], row["dataset"], row["recipe"], row["seed"]] = row
+    for model, dataset in dict.fromkeys(key[:2] for key in latest):
+        print(f"\n{model} on {dataset}:\n{'recipe':42} {'seeds':>5} {'test macro-F1':>19} {'test accuracy':>19} "
+              f"{'paired dF1':>16} {'val loss':>8} {'val F1':>6} {'min':>5} {'README':>6}")
+        today = {key[3]: row for key, row in latest.items() if key[:3] == (model, dataset, "today")}
+        for recipe in dict.fromkeys(key[2] for key in latest if key[:2] == (model, dataset)):
+            members = [row for key, row in latest.items() if key[:3] == (model, dataset, recipe)]
+
+            def stat(values, scale=100.0):
+                values = np.array(values) * scale
+                spread = values.std(ddof=1) if len(values) > 1 else 0.0
+                return f"{values.mean():.1f}±{spread:.1f} ({values.min():.1f}-{values.max():.1f})"
+            paired = [row["test_macro_f1"] - today[row["seed"]]["test_macro_f1"] for row in members
+                      if row["seed"] in today]
+            print(f"{recipe[:42]:42} {len(members):>5} {stat([r['test_macro_f1'] for r in members]):>19} "
+                  f"{stat([r['test_accuracy'] for r in members]):>19} "
+                  f"{stat(paired) if paired and recipe != 'today' else '-':>16} "
+                  f"{np.mean([r['best_validation']['loss'] for r in members]):>8.4f} "
+                  f"{100 * np.mean([r['best_validation']['macro_f1'] for r in members]):>6.1f} "
+                  f"{np.mean([r['wall_seconds'] for r in members]) / 60:>5.1f} "
+                  f"{np.mean([r['readme_examples']['correct'] for r in members]):>4.1f}/9")
+
+
 def slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in ".-" else "_" for c in text)[:80]
 
@@ -215,11 +282,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", nargs="?", default="compare",
-                        choices=("compare", "seed", "product", "sweep", "formats", "table"))
+                        choices=("compare", "seed", "product", "sweep", "formats", "recipes", "table"))
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS),
                         help="formats: the data sets")
     parser.add_argument("--formats", nargs="+", default=["td_bert", "aspect_markers", "sentence_pair"],
                         help="formats: the input formats (finetune_absa.py --input_format)")
+    parser.add_argument("--models", nargs="+", default=["minilm"], help="recipes: encoders, `minilm` (the embedded "
+                        "MiniLM) or NAME=PATH (e.g. mpnet=/models/mpnet from ../shared/tools/get-mpnet-base)")
+    parser.add_argument("--recipes", nargs="+", default=["today"], help="recipes: presets (" + ", ".join(RECIPES)
+                        + ") or FLAG=VALUE[,FLAG=VALUE...]")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
     parser.add_argument("--epochs", type=float, default=8, help="seed recipe epochs (8 as published)")
     parser.add_argument("--max-steps", type=int, default=-1, help="seed: stop after N steps (smoke tests only)")
@@ -239,6 +310,7 @@ def main() -> None:
     if options.mode == "table":
         summarize([row for row in read_rows() if not row["group"].startswith("formats ")])
         summarize_formats(read_rows(), options.seeds)
+        summarize_recipes(read_rows(), options.seeds)
         return
     env = benchlib.environment()
     print(f"$ {command}\n{env['cpu']}, {env['cores']} cores; torch {env['torch']}, transformers "
@@ -282,6 +354,18 @@ def main() -> None:
                 for seed in options.seeds:
                     record(run_format, seed, dataset, input_format, extra, options.output_root)
         summarize_formats(read_rows(), options.seeds)
+        print(f"\n$ {command}")
+    elif options.mode == "recipes":  # resumable: a (group, seed) already in the results file is not run again
+        models = dict(("minilm", benchlib.MODEL) if spec == "minilm" else spec.split("=", 1) for spec in options.models)
+        done = {(row["group"], row["seed"]) for row in read_rows()}
+        for dataset in options.datasets:
+            for seed in options.seeds:  # seed-major: an interrupted sweep has every recipe on the first seeds
+                for model, path in models.items():
+                    for recipe in options.recipes:
+                        if (recipe_group(model, dataset, recipe), seed) in done:
+                            continue
+                        record(run_recipe, seed, model, path, dataset, recipe, options.output_root)
+        summarize_recipes(read_rows(), options.seeds)
         print(f"\n$ {command}")
     elif options.mode == "seed":
         seed_recipes(options.seeds)
