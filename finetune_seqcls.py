@@ -37,6 +37,7 @@ from absa.training import (BEST_MODEL, RunState, TrainingSettings, check_resume,
                            prepare_output_dir, report_evaluation, resume_message, run_for_seeds, run_summary,
                            save_best_model, save_checkpoint)
 
+# What --metric_for_best_model may select, per task.
 TASK_METRICS = {"single_label": ("loss", "accuracy", "macro_f1", "macro_precision", "macro_recall"),
                 "multi_label": ("loss", "micro_f1", "macro_f1", "roc_auc", "subset_accuracy"),
                 "regression": ("loss", "pearson", "spearman", "mse", "rmse", "mae")}
