@@ -19,7 +19,7 @@ import numpy as np
 from scipy.special import expit, softmax
 
 from .files import (SPLIT_NAMES, TABLE_SUFFIXES, DataError, LabelRule, carve_validation, check_label_names,
-                    find_split_files, is_missing, load_hub_dataset, read_rows, require_columns)
+                    find_split_files, is_missing, load_hub_dataset, read_rows, require_columns, whole_number)
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def load_text_data(dataset: str | None = None, *, dataset_config: str | None = N
     task = task or _infer_task(kinds, bool(label_names))
     _check_task_fits(task, kinds, train.source, bool(label_names))
     label_names = _label_names(task, raw, label_columns, kinds, list(label_names))
-    rule = _label_rule(task, raw, label_columns[0], label_names, numeric_labels)
+    rule = _label_rule(task, raw, label_columns[0], kinds[label_columns[0]].kind, label_names, numeric_labels)
 
     string = datasets.Value("string")
     features = datasets.Features({TEXT: string, ROW: string, **({TEXT_PAIR: string} if len(text_columns) == 2 else {}),
@@ -118,7 +118,8 @@ def load_text_data(dataset: str | None = None, *, dataset_config: str | None = N
         splits.validation_split["max_train_samples"] = max_train_samples
     return TextData(splits=splits, task=task, label_names=label_names, text_columns=text_columns,
                     label_columns=label_columns, sources={name: split.source for name, split in raw.items()},
-                    validation_split=splits.validation_split, numeric_labels=rule.numbers if rule else None)
+                    validation_split=splits.validation_split,
+                    numeric_labels=rule.numbers if task == "single_label" else None)
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -247,7 +248,7 @@ def _column_kind(raw: dict[str, RawSplit], column: str) -> ColumnKind:
                                 f"but this column holds {KIND_NAMES[seen.kind][0]} (first: {seen.example})",
                                 row=row, field=column)
             seen.floats = seen.floats or as_float
-            if kind == "number" and not seen.fractional and not float(value).is_integer():
+            if kind == "number" and not seen.fractional and whole_number(value) is None:
                 seen.fractional = _where(split, row, record, column)
     return seen or ColumnKind(None, False)
 
@@ -320,15 +321,16 @@ def _label_names(task, raw, label_columns, kinds, given: list[str]) -> list[str]
 
 
 def _rule_value(kind, value):
-    return int(value) if kind in ("number", "bool") else value  # True is class 1, as in a 0/1 column
+    return int(value) if kind == "bool" else value  # True is class 1, as in a 0/1 column
 
 
-def _label_rule(task, raw, column, label_names, numeric_labels) -> LabelRule | None:
-    """absa.files' one label rule for single-label classes; what numbers mean is read from every split."""
-    if task != "single_label":
+def _label_rule(task, raw, column, kind, label_names, numeric_labels) -> LabelRule | None:
+    """absa.files' one label rule for class names (single labels, label lists); what numbers mean is read from the
+    single labels of every split."""
+    if task == "regression" or task == "multi_label" and kind != "list":
         return None
-    values = [_rule_value(*_parse(record.get(column))[:2]) for split in raw.values()
-              if column not in split.class_names for _, record in split.rows]  # Hub ClassLabel ids: names by row
+    values = [_rule_value(*_parse(record.get(column))[:2]) for split in raw.values() if task == "single_label"
+              and column not in split.class_names for _, record in split.rows]  # Hub ClassLabel ids: names by row
     return LabelRule.for_values(label_names, values, numeric_labels, raw["train"].source)
 
 
@@ -369,11 +371,11 @@ def _clean_row(split: RawSplit, row, record, text_columns, label_columns, task, 
                             f"({rule.expected()[:300]}); list every class with --label_names", row=row, field=column)
     elif kind == "list":
         names = [_item_name(item, split, row, column) for item in parsed]
-        unknown = [name for name in names if name not in label_names]
-        if unknown:
-            raise DataError(split.source, f"unknown label {unknown[0]!r} (labels: {', '.join(label_names)})",
-                            row=row, field=column)
-        clean[LABELS] = [float(name in names) for name in label_names]
+        ids = [rule.id(name) for name in names]
+        if None in ids:
+            raise DataError(split.source, f"unknown label {names[ids.index(None)]!r} (labels: "
+                            f"{', '.join(label_names)})", row=row, field=column)
+        clean[LABELS] = [float(i in ids) for i in range(len(label_names))]
     else:
         clean[LABELS] = [_zero_one(split, row, c, record.get(c)) for c in label_columns]
     if task == "multi_label" and not allow_empty_labels and not any(clean[LABELS]):

@@ -359,6 +359,19 @@ def test_task_is_read_from_the_labels(tmp_path):
         load_text_data(train_file=str(floats), task="single_label")
 
 
+def test_label_lists_are_read_by_the_one_label_rule(tmp_path):
+    # A label in a list is read as a single label is: its name in any case; an unknown one is refused by row.
+    rows = [{"text": f"a {i}", "labels": ["Anger", "JOY"]} for i in range(5)] + [{"text": f"b {i}", "labels": ["joy"]}
+                                                                                 for i in range(5)]
+    data = load_text_data(train_file=str(write_table(tmp_path / "train.jsonl", rows)), label_names=["anger", "joy"])
+    read = {row["text"]: row["labels"] for split in data.splits.values() for row in split}
+    assert read == {row["text"]: [1.0, 1.0] if row["text"].startswith("a") else [0.0, 1.0] for row in rows}
+    rows[3]["labels"] = ["joy", "fear"]
+    error = refused("unknown label 'fear'", train_file=str(write_table(tmp_path / "bad.jsonl", rows)),
+                    label_names=["anger", "joy"])
+    assert (error.row, error.field) == ("line 4", "labels")
+
+
 def test_validation_carved_stratified_and_train_capped(tmp_path):
     train = write_table(tmp_path / "train.csv", topic_rows(300, 1))
     data = load_text_data(train_file=str(train), label_column="category", seed=7)
