@@ -34,8 +34,7 @@ TEXT_COLUMN_GUESSES = (("sentence1", "sentence2"), ("question1", "question2"), (
 LABEL_COLUMN_GUESSES = (("label",), ("labels",), ("score",))
 TEXT, TEXT_PAIR, LABELS, ROW = "text", "text_pair", "labels", "row"
 ZERO_ONE = {"1": 1.0, "1.0": 1.0, "true": 1.0, "yes": 1.0, "0": 0.0, "0.0": 0.0, "false": 0.0, "no": 0.0}
-KIND_NAMES = {"number": ("numbers", "a number"), "text": ("text", "text"), "list": ("lists", "a list"),
-              "bool": ("true/false values", "a true/false value")}
+KIND_NAMES = {"number": ("numbers", "a number"), "text": ("text", "text"), "list": ("lists", "a list")}
 
 
 @dataclass
@@ -196,12 +195,10 @@ def _require_columns(split: RawSplit, columns) -> None:
 
 
 def _parse(value):
-    """(kind, value, written as a float), kind one of missing / bool / number / list / text."""
+    """(kind, value, written as a float), kind one of missing / number / list / text; true / false are 1 / 0."""
     if is_missing(value):
         return "missing", None, False
-    if isinstance(value, (bool, np.bool_)):
-        return "bool", bool(value), False
-    if isinstance(value, (int, np.integer)):
+    if isinstance(value, (int, np.integer, bool, np.bool_)):
         return "number", int(value), False
     if isinstance(value, (float, np.floating)):
         return ("number", float(value), True) if math.isfinite(value) else ("missing", None, False)
@@ -225,7 +222,7 @@ def _parse(value):
 
 @dataclass
 class ColumnKind:
-    kind: str | None  # number / text / list / bool (None: every value missing)
+    kind: str | None  # number / text / list (None: every value missing)
     floats: bool  # some number written as a float: a regression target
     example: str = ""  # "'pos' at line 3 of train.csv", for messages
     fractional: str = ""  # the first number that is not whole ("'0.5' at line 4 of train.csv"), if any
@@ -239,8 +236,6 @@ def _column_kind(raw: dict[str, RawSplit], column: str) -> ColumnKind:
             kind, value, as_float = _parse(record.get(column))
             if kind == "missing":
                 continue
-            if seen and {kind, seen.kind} == {"bool", "number"}:
-                kind = seen.kind  # True/False and 0/1 mix happily
             if seen is None:
                 seen = ColumnKind(kind, as_float, _where(split, row, record, column))
             elif kind != seen.kind:
@@ -310,8 +305,8 @@ def _label_names(task, raw, label_columns, kinds, given: list[str]) -> list[str]
         if kind == "list":
             values.update(_item_name(item, train, row, column) for item in value)
         elif kind != "missing":
-            values.add(int(value) if kind in ("number", "bool") else value)
-    if kinds[column].kind in ("number", "bool"):
+            values.add(value)
+    if kinds[column].kind == "number":
         return [str(v) for v in sorted(values)]  # numerically: 2 before 10
     try:
         return list(check_label_names(sorted(values)))
@@ -320,16 +315,12 @@ def _label_names(task, raw, label_columns, kinds, given: list[str]) -> list[str]
                         "alike, or list the classes with --label_names", field=column) from None
 
 
-def _rule_value(kind, value):
-    return int(value) if kind == "bool" else value  # True is class 1, as in a 0/1 column
-
-
 def _label_rule(task, raw, column, kind, label_names, numeric_labels) -> LabelRule | None:
     """absa.files' one label rule for class names (single labels, label lists); what numbers mean is read from the
     single labels of every split."""
     if task == "regression" or task == "multi_label" and kind != "list":
         return None
-    values = [_rule_value(*_parse(record.get(column))[:2]) for split in raw.values() if task == "single_label"
+    values = [_parse(record.get(column))[1] for split in raw.values() if task == "single_label"
               and column not in split.class_names for _, record in split.rows]  # Hub ClassLabel ids: names by row
     return LabelRule.for_values(label_names, values, numeric_labels, raw["train"].source)
 
@@ -365,7 +356,7 @@ def _clean_row(split: RawSplit, row, record, text_columns, label_columns, task, 
     elif task == "single_label":
         if column in split.class_names and kind == "number" and 0 <= parsed < len(split.class_names[column]):
             kind, parsed = "text", split.class_names[column][parsed]  # a Hub ClassLabel id
-        clean[LABELS] = rule.id(_rule_value(kind, parsed))
+        clean[LABELS] = rule.id(parsed)
         if clean[LABELS] is None:
             raise DataError(split.source, f"unknown label {parsed!r}: not among the {len(rule.names)} labels "
                             f"({rule.expected()[:300]}); list every class with --label_names", row=row, field=column)
