@@ -31,7 +31,7 @@ from absa.encoders import load_pretrained, load_tokenizer, loading_error, make_f
 from absa.files import NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError, write_atomically
 from absa.metrics import best_threshold, multi_label_metrics, regression_metrics, scalar_metrics, single_label_metrics
 from absa.reports import plot_confusion_matrix, plot_curves, write_json, write_jsonl
-from absa.seqcls_data import PROBLEM_TYPES, TASKS, encode_text_splits, load_text_data, labelled_prediction_rows
+from absa.seqcls_data import PROBLEM_TYPES, TASKS, encode_text_splits, labelled_prediction_rows, load_text_data
 from absa.training import (BEST_MODEL, RunState, TrainingSettings, check_resume, clear_output_dir, finish_run,
                            linear_schedule, load_best_weights, make_accelerator, optimizer_steps, parse_settings,
                            prepare_output_dir, report_evaluation, resume_message, run_for_seeds, run_summary,

@@ -405,7 +405,8 @@ def encode_text_splits(splits: datasets.DatasetDict, tokenizer, max_length: int)
     return ordered, features
 
 
-def labelled_prediction_rows(data: TextData, split: datasets.Dataset, logits: np.ndarray, threshold: float) -> list[dict]:
+def labelled_prediction_rows(data: TextData, split: datasets.Dataset, logits: np.ndarray,
+                             threshold: float) -> list[dict]:
     """One row per example of `split` (its text, gold label and prediction), `logits` in the same order, scored as
     the text-classification pipeline scores them (softmax / sigmoid / the raw score): the README's snippet agrees."""
     if len(split) != len(logits):

@@ -133,8 +133,9 @@ def read_jsonl(path):
 
 def run_readme_snippet(model_dir, texts) -> dict:
     """README.md's prediction snippet as a user copies it, but for the model folder and the texts; its variables."""
-    section = (REPO / "README.md").read_text().split("<!-- pipeline snippet")[1].split("<!-- end of pipeline snippet")[0]
-    code = section.split("```python\n")[1].split("```")[0]
+    readme = (REPO / "README.md").read_text()
+    code = readme.split("<!-- pipeline snippet")[1].split("<!-- end of pipeline snippet")[0].split("```python\n")[1]
+    code = code.split("```")[0]
     model = re.search(r'model="([^"]+)"', code)[1]
     texts_line = re.search(r"^texts = .*$", code, flags=re.M)[0]
     namespace = {}
