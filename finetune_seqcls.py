@@ -4,16 +4,13 @@
     python finetune_seqcls.py --dataset glue --dataset_config sst2 --output_dir runs/sst2
     python finetune_seqcls.py --train_file ttc4900.csv --text_columns text --label_column category
     python finetune_seqcls.py --dataset ../shared/data/semeval2018_ec --label_columns anger joy ... --tune_threshold
-    python finetune_seqcls.py --do_train false --model_name_or_path runs/seqcls/best_model --text "what a film"
     ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 finetune_seqcls.py ...   # several CPU processes (gloo)
 
 Reads top to bottom like finetune_absa.py: settings, data (the task is read from the labels, see
-absa/text_data.py, or forced with --task), model, optimizer and schedule, `accelerator.prepare`, the training
+absa/seqcls_data.py, or forced with --task), model, optimizer and schedule, `accelerator.prepare`, the training
 loop (the loss by task, backward, clipping, step; evaluation, best model, early stopping, checkpoints), one test
-evaluation, results and predictions. OUTPUT/best_model is an ordinary AutoModelForSequenceClassification folder:
-`transformers.pipeline("text-classification", model="OUTPUT/best_model")` loads it. --predict_file / --text
-after training are predicted by the trained model on every process, like the test split; with --do_train false
-they go through exactly that pipeline.
+evaluation, results and the test predictions. OUTPUT/best_model is an ordinary AutoModelForSequenceClassification
+folder: predict with `transformers.pipeline("text-classification", model="OUTPUT/best_model")` (README.md).
 """
 
 from __future__ import annotations
@@ -34,14 +31,17 @@ from absa.encoders import load_pretrained, load_tokenizer, loading_error, make_f
 from absa.files import NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError, write_atomically
 from absa.metrics import best_threshold, multi_label_metrics, regression_metrics, scalar_metrics, single_label_metrics
 from absa.reports import plot_confusion_matrix, plot_curves, write_json, write_jsonl
-from absa.text_data import ALL_METRICS, PROBLEM_TYPES, TASK_METRICS, TASKS, encode_text_splits, load_text_data
-from absa.text_predictions import (labelled_prediction_rows, predict_only, prediction_inputs, prediction_loader,
-                                   prediction_records, predictions_path, write_predictions)
+from absa.seqcls_data import PROBLEM_TYPES, TASKS, encode_text_splits, labelled_prediction_rows, load_text_data
 from absa.training import (BEST_MODEL, RunState, TrainingSettings, check_resume, clear_output_dir, finish_run,
                            linear_schedule, load_best_weights, make_accelerator, optimizer_steps, parse_settings,
                            prepare_output_dir, report_evaluation, resume_message, run_for_seeds, run_summary,
                            save_best_model, save_checkpoint)
 
+# What --metric_for_best_model may select, per task.
+TASK_METRICS = {"single_label": ("loss", "accuracy", "macro_f1", "macro_precision", "macro_recall"),
+                "multi_label": ("loss", "micro_f1", "macro_f1", "roc_auc", "subset_accuracy"),
+                "regression": ("loss", "pearson", "spearman", "mse", "rmse", "mae")}
+ALL_METRICS = tuple(dict.fromkeys(m for metrics in TASK_METRICS.values() for m in metrics))
 # What the last line prints and the curves show, per task; results.json has every metric.
 HEADLINE = {"single_label": ("accuracy", "macro_f1"),
             "multi_label": ("micro_f1", "macro_f1", "roc_auc", "subset_accuracy"),
@@ -88,17 +88,6 @@ class Settings(TrainingSettings):
                                      "(SemEval-2018 E-c has 204 such train tweets); false refuses them."})
     max_train_samples: int = field(default=0, metadata={"help": "Use a seeded subset of train (0: all), taken "
                                    "before validation is carved from train. For CPU runs."})
-    do_train: bool = field(default=True, metadata={"help": "false: only predict --predict_file / --text with the "
-                           "fine-tuned folder --model_name_or_path."})
-    predict_file: str | None = field(default=None, metadata={"help": "After training (or with --do_train false), "
-                                     "predict this file's texts: with the trained model, like the test split (with "
-                                     "--do_train false: through transformers.pipeline)."})
-    text: list[str] = field(default_factory=list, metadata={"action": "extend", "help": "Texts to predict "
-                            "(--text A --text B, or --text A B); printed."})
-    text_pair: list[str] = field(default_factory=list, metadata={"action": "extend", "help": "Second sentences for "
-                                 "--text (as many)."})
-    predictions_file: str | None = field(default=None, metadata={"help": "Where predictions go (.jsonl or .csv; "
-                                         "default: OUTPUT/predictions.jsonl for --predict_file, stdout for --text)."})
     output_dir: str = "runs/seqcls"
     per_device_batch_size: int = 32
     max_length: int = field(default=128, metadata={"help": "Longer texts (pairs: the longer text first) are cut; "
@@ -121,8 +110,6 @@ def evaluate(accelerator, model, loader) -> tuple[np.ndarray, np.ndarray]:
 
 def main(settings: Settings) -> dict:
     started = time.time()
-    if not settings.do_train:
-        return predict_only(settings)
     if settings.task:
         check_metric(settings, settings.task)
     accelerator = make_accelerator(settings)
@@ -142,8 +129,6 @@ def main(settings: Settings) -> dict:
     check_metric(settings, data.task)  # now that the task is known, before any model is loaded
     if settings.tune_threshold and data.task != "multi_label":
         raise SystemExit(f"--tune_threshold is for multi-label data; this is {data.task}")
-    inputs = prediction_inputs(settings, data.text_columns)  # a bad --predict_file fails now, not after training
-    predictions_file = predictions_path(settings, inputs)  # and an existing predictions file
     test_split = "test" if "test" in data.splits else "validation"
     if test_split == "validation":
         accelerator.print("no test split: the final evaluation is on validation, which also selected the model")
@@ -277,12 +262,6 @@ def main(settings: Settings) -> dict:
                           f"at {settings.threshold}: {at_default:.4f})")
     logits, labels = evaluate(accelerator, model, test_loader)
     test = compute_metrics(logits, labels, threshold)
-    # --predict_file / --text: the trained model, every process predicting a share as in the test step; not a full
-    # second copy built on one GPU beside the sharded model while the other processes wait (a timeout under FSDP).
-    if inputs:
-        predicted, positions = evaluate(accelerator, model, accelerator.prepare(
-            prediction_loader(inputs, tokenizer, settings.eval_batch_size)))
-        predictions = prediction_records(data.task, data.label_names, inputs, predicted, positions, threshold)
 
     results = {
         "task": data.task, "problem_type": PROBLEM_TYPES[data.task], "label_names": data.label_names,
@@ -304,8 +283,6 @@ def main(settings: Settings) -> dict:
         shown = ", ".join(f"{k} {test[k]:.4f}" for k in HEADLINE[data.task])
         print(f"test ({test_split}): {shown}; best epoch {results['best_epoch']}; "
               f"{results['train_samples_per_second']:.1f} samples/s; results in {output_dir / 'results.json'}")
-        if inputs:
-            write_predictions(settings, predictions, predictions_file)
     finish_run(accelerator)
     return results
 
@@ -329,7 +306,7 @@ def build_model(name_or_path: str, data, threshold: float):
         config = AutoConfig.from_pretrained(path, num_labels=len(id2label), id2label=id2label,
                                             label2id={name: i for i, name in id2label.items()},
                                             problem_type=PROBLEM_TYPES[data.task])
-        # Recorded in config.json for --predict_file and for readers of the folder; transformers ignores them.
+        # Recorded in config.json for readers of the folder (single texts or pairs?); transformers ignores them.
         config.text_columns = list(data.text_columns)
         if data.validation_split:  # how validation was made (absa.files.split_record)
             config.validation_split = data.validation_split
@@ -354,9 +331,6 @@ def save_threshold(model_dir, threshold: float) -> None:
 if __name__ == "__main__":
     try:
         settings = parse_settings(Settings)
-        if settings.seeds and settings.predictions_file:
-            raise SystemExit("--predictions_file with --seeds: every seed would write that one file; leave it out "
-                             "(each seed writes OUTPUT/seed_N/predictions.jsonl)")
         run_for_seeds(main, settings, keys=SEED_KEYS)
     except DataError as error:  # the message names the file, row and field; a traceback would add nothing
         raise SystemExit(f"data error: {error}") from None

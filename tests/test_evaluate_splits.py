@@ -1,5 +1,5 @@
-"""Evaluation on the split the model was trained and selected on, labels read as training read them, and
-prediction files that never land in the working directory or replace an earlier one (issue 23, points 1, 2, 13).
+"""Evaluation on the split the model was trained and selected on, and labels read as training read them (issue 23,
+points 1, 2).
 
 The models are tiny random-weight encoders (tests/tiny_models.py); a run of finetune_absa.py is 2 optimizer steps.
 """
@@ -16,7 +16,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import finetune_absa  # noqa: E402
-import finetune_seqcls  # noqa: E402
 import use_absa  # noqa: E402
 from absa.data import load_absa_splits  # noqa: E402
 from absa.encoders import load_tokenizer  # noqa: E402
@@ -167,40 +166,3 @@ def test_numeric_labels_are_read_by_name_and_as_training_read_them(tiny_model_di
     recorded = evaluate(tmp_path / "model", tmp_path / "d", "--test_file", tmp_path / "zero_one.jsonl")
     counts = [sum(row) for row in recorded["confusion_matrix"]]  # true labels in the model's order
     assert counts == [sum(r["label"] == name for r in non_negative) for name in order]
-
-
-# --------------------------------------------------------------------------- finetune_seqcls.py --do_train false
-
-
-@pytest.fixture(scope="module")
-def seqcls_model(tiny_model_dirs, tmp_path_factory):
-    from absa.text_data import TextData
-
-    folder = tmp_path_factory.mktemp("seqcls") / "best_model"
-    data = TextData(splits=None, task="single_label", label_names=["negative", "positive"], text_columns=["text"],
-                    label_columns=["label"])
-    finetune_seqcls.build_model(str(tiny_model_dirs["bert"]), data, 0.5).save_pretrained(folder)
-    load_tokenizer(str(tiny_model_dirs["bert"])).save_pretrained(folder)
-    return folder
-
-
-def test_predict_only_writes_beside_the_model_and_never_replaces(seqcls_model, tmp_path, monkeypatch):
-    """Point 13: --do_train false --predict_file writes predictions_INPUT.jsonl beside the model folder (not
-    runs/seqcls/ under the working directory), and an existing file is refused unless --overwrite_output_dir."""
-    monkeypatch.chdir(tmp_path)
-    texts = tmp_path / "new.csv"
-    texts.write_text("text\nthe wine was excellent\nawful service\n")
-    run = lambda *extra: finetune_seqcls.main(parse_settings(finetune_seqcls.Settings, [  # noqa: E731
-        "--do_train", "false", "--model_name_or_path", str(seqcls_model), "--predict_file", str(texts),
-        *map(str, extra)]))
-    run()
-    written = seqcls_model.parent / "predictions_new.jsonl"
-    assert len(written.read_text().splitlines()) == 2 and not (tmp_path / "runs").exists()
-    written.write_text("an earlier result\n")
-    with pytest.raises(SystemExit, match="already exists; pass --overwrite_output_dir"):
-        run()
-    assert written.read_text() == "an earlier result\n"
-    run("--overwrite_output_dir")
-    assert len(written.read_text().splitlines()) == 2
-    with pytest.raises(SystemExit, match="unknown type '.parquet'"):
-        run("--predictions_file", tmp_path / "out.parquet")

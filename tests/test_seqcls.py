@@ -1,14 +1,15 @@
-"""finetune_seqcls.py and absa/text_data.py on tiny offline encoders.
+"""finetune_seqcls.py and absa/seqcls_data.py on tiny offline encoders.
 
 Each task type learns a small keyword task; its metrics are recomputed with scikit-learn / SciPy from the
-predictions the run wrote; the saved folder is loaded with `transformers.pipeline` and must predict the same;
-bad data is refused before training with file, row and field; 2 processes give the metrics of 1.
+predictions the run wrote; the README's `transformers.pipeline` snippet, run on the saved folder, must predict the
+same; bad data is refused before training with file, row and field; 2 processes give the metrics of 1.
 """
 
 import csv
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -27,7 +28,7 @@ if str(REPO) not in sys.path:  # plain `pytest` (not `python -m pytest`) does no
 
 import finetune_seqcls as script  # noqa: E402
 from absa.files import DataError  # noqa: E402
-from absa.text_data import load_text_data  # noqa: E402
+from absa.seqcls_data import load_text_data  # noqa: E402
 
 FILLER = ["the", "food", "screen", "battery", "service", "was", "is", "and", "price", "keyboard", "pasta", "wine",
           "drive", "fan", "system", "quality"]
@@ -130,12 +131,16 @@ def read_jsonl(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def pipeline_outputs(model_dir, rows):
-    """What a user of the saved folder gets: transformers.pipeline, every label's score."""
-    classifier = transformers.pipeline("text-classification", model=str(model_dir), device="cpu")
-    queries = [{"text": r["text"], "text_pair": r["text_pair"]} if "text_pair" in r else r["text"] for r in rows]
-    outputs = classifier(queries, top_k=None, truncation=True)
-    return classifier.model.config, [{item["label"]: item["score"] for item in output} for output in outputs]
+def run_readme_snippet(model_dir, texts) -> dict:
+    """README.md's prediction snippet as a user copies it, but for the model folder and the texts; its variables."""
+    readme = (REPO / "README.md").read_text()
+    code = readme.split("<!-- pipeline snippet")[1].split("<!-- end of pipeline snippet")[0].split("```python\n")[1]
+    code = code.split("```")[0]
+    model = re.search(r'model="([^"]+)"', code)[1]
+    texts_line = re.search(r"^texts = .*$", code, flags=re.M)[0]
+    namespace = {}
+    exec(code.replace(model, str(model_dir)).replace(texts_line, f"texts = {texts!r}"), namespace)  # noqa: S102
+    return namespace
 
 
 @pytest.fixture(scope="module")
@@ -148,11 +153,9 @@ def binary_run(tiny_bert, tmp_path_factory):
     root = tmp_path_factory.mktemp("binary")
     write_table(root / "data" / "train.tsv", binary_rows(192, 1))
     write_table(root / "data" / "test.tsv", binary_rows(48, 2))
-    write_table(root / "new.csv", [{"sentence": "the wine was excellent"}, {"sentence": "awful, awful service"}])
     out = root / "out"
     results = run_script(["--model_name_or_path", tiny_bert, "--dataset", root / "data", "--output_dir", out,
-                          "--label_names", "negative", "positive", "--predict_file", root / "new.csv",
-                          "--text", "an excellent screen", "--text", "awful fan", *FAST])
+                          "--label_names", "negative", "positive", *FAST])
     return root, out, results
 
 
@@ -190,8 +193,7 @@ def regression_run(tiny_bert, tmp_path_factory):
     results = run_script(["--model_name_or_path", tiny_bert, "--train_file", root / "data" / "train.tsv",
                           "--test_file", root / "data" / "dev.tsv", "--output_dir", out, *FAST,
                           "--learning_rate", "5e-3", "--per_device_batch_size", "8", "--num_epochs", "4",
-                          "--metric_for_best_model", "pearson", "--text", "excellent food", "--text_pair",
-                          "an excellent excellent fan"])
+                          "--metric_for_best_model", "pearson"])
     return root, out, results
 
 
@@ -304,52 +306,37 @@ def test_regression_pairs_learn_and_metrics_are_scipys(regression_run):
 
 
 @pytest.mark.parametrize("run", ["binary_run", "multiclass_run", "multilabel_run", "regression_run"])
-def test_saved_folder_predicts_the_same_in_pipeline(run, request):
+def test_readme_pipeline_snippet_predicts_what_the_run_wrote(run, request, tmp_path):
+    # Prediction is transformers' pipeline over best_model, as README.md shows it: on the test texts (pairs for
+    # regression) it must give the probabilities and labels of the run's own test_predictions.jsonl.
     _, out, results = request.getfixturevalue(run)
     rows = read_jsonl(out / "test_predictions.jsonl")
-    config, outputs = pipeline_outputs(out / "best_model", rows)
-    names = results["label_names"]
+    texts = [{"text": r["text"], "text_pair": r["text_pair"]} if "text_pair" in r else r["text"] for r in rows]
+    snippet = run_readme_snippet(out / "best_model", texts)
+    config, names, task = snippet["classifier"].model.config, results["label_names"], results["task"]
     assert [config.id2label[i] for i in range(config.num_labels)] == names
     assert config.label2id == {name: i for i, name in enumerate(names)}
-    for row, scores in zip(rows, outputs):
-        if results["task"] == "regression":  # the pipeline applies no function: the raw score
-            assert scores[names[0]] == pytest.approx(row["prediction"], abs=1e-4)
+    assert len(rows) == results["split_sizes"][results["test_split"]] > 0
+    for row, output, predicted in zip(rows, snippet["outputs"], snippet["predictions"], strict=True):
+        if task == "regression":  # the pipeline applies no function: the raw score
+            assert predicted["score"] == pytest.approx(row["prediction"], abs=1e-4)
             continue
+        scores = {item["label"]: item["score"] for item in output}
         assert [scores[n] for n in names] == pytest.approx([row["scores"][n] for n in names], abs=1e-4)
-        if results["task"] == "single_label":
-            assert max(scores, key=scores.get) == row["prediction"]
-
-
-def test_predict_file_and_text_go_through_pipeline(binary_run, tmp_path, capsys):
-    root, out, _ = binary_run
-    written = read_jsonl(out / "predictions.jsonl")  # --predict_file rows, then the --text ones
-    assert [r["row"] for r in written] == ["line 2", "line 3", "--text 1", "--text 2"]
-    _, expected = pipeline_outputs(out / "best_model", written)
-    assert [r["prediction"] for r in written] == [max(s, key=s.get) for s in expected]
-    assert [r["prediction"] for r in written] == ["positive", "negative", "positive", "negative"]
-
-    # A saved folder alone, without training: CSV out, and --text printed.
-    csv_path = tmp_path / "predictions.csv"
-    run_script(["--do_train", "false", "--model_name_or_path", out / "best_model", "--predict_file",
-                root / "new.csv", "--predictions_file", csv_path])
-    lines = csv_path.read_text().splitlines()
-    assert lines[0] == "row,text,prediction,score,score_negative,score_positive" and len(lines) == 3
-    capsys.readouterr()
-    records = run_script(["--do_train", "false", "--model_name_or_path", out / "best_model", "--text", "so awful"])
-    assert json.loads(capsys.readouterr().out.strip())["prediction"] == records[0]["prediction"] == "negative"
-    with pytest.raises(SystemExit, match="single texts"):
-        run_script(["--do_train", "false", "--model_name_or_path", out / "best_model", "--text", "a",
-                    "--text_pair", "b"])
-
-
-def test_regression_text_pair_printed(regression_run, capsys):
-    _, out, _ = regression_run
-    capsys.readouterr()
-    records = run_script(["--do_train", "false", "--model_name_or_path", out / "best_model", "--text", "excellent",
-                          "--text_pair", "excellent excellent wine"])
-    assert set(records[0]) == {"row", "text", "text_pair", "prediction"} and isinstance(records[0]["prediction"], float)
-    with pytest.raises(SystemExit, match="text_pair"):
-        run_script(["--do_train", "false", "--model_name_or_path", out / "best_model", "--text", "excellent"])
+        assert (sorted(predicted) if task == "multi_label" else predicted["label"]) == (
+            sorted(row["prediction"]) if task == "multi_label" else row["prediction"])
+    if task != "multi_label":
+        assert snippet["threshold"] is None
+        return
+    # The snippet applies the threshold recorded in config.json (here the tuned one; another one moves predictions).
+    assert snippet["threshold"] == results["threshold"] and results["threshold_tuned"]
+    other = float(np.median([row["scores"][n] for row in rows for n in names]))
+    model = shutil.copytree(out / "best_model", tmp_path / "best_model")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "multi_label_threshold": other}))
+    moved = run_readme_snippet(model, texts)["predictions"]
+    assert [sorted(p) for p in moved] == [sorted(n for n in names if row["scores"][n] >= other) for row in rows]
+    assert moved != snippet["predictions"]
 
 
 # ----------------------------------------------------------------------------------------------- task inference
@@ -371,6 +358,19 @@ def test_task_is_read_from_the_labels(tmp_path):
     floats = write_table(tmp_path / "floats.csv", [{"text": "a", "label": "0.5"}, {"text": "b", "label": "1"}] * 5)
     with pytest.raises(DataError, match="--task regression"):
         load_text_data(train_file=str(floats), task="single_label")
+
+
+def test_label_lists_are_read_by_the_one_label_rule(tmp_path):
+    # A label in a list is read as a single label is: its name in any case; an unknown one is refused by row.
+    rows = [{"text": f"a {i}", "labels": ["Anger", "JOY"]} for i in range(5)] + [{"text": f"b {i}", "labels": ["joy"]}
+                                                                                 for i in range(5)]
+    data = load_text_data(train_file=str(write_table(tmp_path / "train.jsonl", rows)), label_names=["anger", "joy"])
+    read = {row["text"]: row["labels"] for split in data.splits.values() for row in split}
+    assert read == {row["text"]: [1.0, 1.0] if row["text"].startswith("a") else [0.0, 1.0] for row in rows}
+    rows[3]["labels"] = ["joy", "fear"]
+    error = refused("unknown label 'fear'", train_file=str(write_table(tmp_path / "bad.jsonl", rows)),
+                    label_names=["anger", "joy"])
+    assert (error.row, error.field) == ("line 4", "labels")
 
 
 def test_validation_carved_stratified_and_train_capped(tmp_path):
@@ -397,7 +397,7 @@ def test_hub_glue_style_test_without_labels(monkeypatch):
 
     hub = datasets.DatasetDict({"train": split(20, [0, 1] * 10), "validation": split(6, [1, 0] * 3),
                                 "test": split(4, [-1] * 4)})
-    monkeypatch.setattr("absa.text_data.load_hub_dataset", lambda name, config: hub)
+    monkeypatch.setattr("absa.seqcls_data.load_hub_dataset", lambda name, config: hub)
     data = load_text_data("glue", dataset_config="sst2", seed=0)
     assert data.label_names == ["negative", "positive"]
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 18, "test": 6, "validation": 2}
@@ -406,7 +406,7 @@ def test_hub_glue_style_test_without_labels(monkeypatch):
 
 def test_every_parameter_gets_a_gradient(tiny_model_dirs):
     """DDP (find_unused_parameters=False) needs every parameter in the loss, for every family and task."""
-    from absa.text_data import TextData
+    from absa.seqcls_data import TextData
 
     for family, folder in tiny_model_dirs.items():
         for task, names in (("single_label", ["a", "b", "c"]), ("multi_label", ["x", "y"]), ("regression", ["s"])):
