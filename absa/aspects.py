@@ -235,12 +235,8 @@ def format_input(text: str, spans, input_format: str = "td_bert"):
 
 def encode_aspect_batch(batch: dict, indices: list[int], tokenizer, max_length: int, split: str = "data",
                         input_format: str = "td_bert") -> dict:
-    """`datasets.map(batched=True, with_indices=True)` function: input_ids, attention_mask, aspect_mask, labels
-    (and token_type_ids for sentence pairs, where the tokenizer uses them).
-
-    The aspect is at every [start, end] of the batch's `spans` column, or at start:end when it has none; the input
-    is built as `input_format` says (INPUT_FORMATS). Errors name the split and the 1-based row within it.
-    """
+    """A `datasets.map(batched=True, with_indices=True)` function; the aspect is at every pair of `spans` (else at
+    start:end). Errors name the split and the 1-based row."""
     require_fast_tokenizer(tokenizer)
     all_spans = batch["spans"] if "spans" in batch else [[(s, e)] for s, e in zip(batch["start"], batch["end"])]
     shown = [format_input(text, spans, input_format) for text, spans in zip(batch["text"], all_spans)]
@@ -277,12 +273,8 @@ def encode_aspect_batch(batch: dict, indices: list[int], tokenizer, max_length: 
 
 
 def window_around_aspect(tokenizer, text: str, spans, max_length: int, file="data", row=None):
-    """Cut `text` to the longest window of whole tokens around the aspect's [start, end) spans that fits max_length.
-
-    The window is centred on all the spans when they fit in it together, else on the first span alone; the spans
-    wholly inside the window are kept. Returns the new (text, spans). A span that alone is longer than the window
-    is an error rather than silently cut in part.
-    """
+    """(text, spans) cut to the longest window of whole tokens that fits, centred on all the spans, else on the first
+    (the others inside it are kept). An aspect longer than the window is an error, never cut in part."""
     offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
     inside = [[t for t, (a, b) in enumerate(offsets) if a < end and b > start] for start, end in spans]
@@ -307,13 +299,9 @@ def window_around_aspect(tokenizer, text: str, spans, max_length: int, file="dat
 
 
 class AspectCollator:
-    """Dynamic padding (optionally to a multiple of N) for input_ids / attention_mask / aspect_mask.
-
-    TD-BERT encodes the sentence without the aspect, so the aspects of one sentence need one encoder pass, not
-    one each: with `share_texts`, identical inputs in a batch are padded once and `sequence_index` tells the
-    model which encoded row each example (aspect mask, label) pools from. SemEval sentences carry about 1.6
-    aspects, so that is about 1.6x fewer tokens through the encoder; the samplers keep them in one batch.
-    """
+    """Dynamic padding of input_ids / attention_mask / aspect_mask. TD-BERT's input is the sentence alone, so with
+    `share_texts` the aspects of one sentence (about 1.6 in SemEval; the samplers batch them together) share one
+    encoded row, which `sequence_index` names for each example: about 1.6x fewer tokens through the encoder."""
 
     def __init__(self, tokenizer, pad_to_multiple_of: int | None = None, share_texts: bool = True):
         self.pad = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
@@ -342,7 +330,7 @@ class AspectCollator:
 
 
 def encode_absa_splits(splits, tokenizer, max_length: int, input_format: str = "td_bert"):
-    """Every split of a `DatasetDict` (or one `Dataset`) tokenized with aspect masks; the text columns dropped."""
+    """Every split of a `DatasetDict` (or one `Dataset`) tokenized with aspect masks, the text columns dropped."""
     def encode(dataset, split):
         return dataset.map(encode_aspect_batch, batched=True, with_indices=True, remove_columns=dataset.column_names,
                            fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "split": split,

@@ -48,7 +48,7 @@ def load_absa_splits(source: str | None = "yqzheng/semeval2014_laptops", *, trai
     if files:
         if "train" not in files:
             raise DataError(next(iter(files.values())), "a train file is needed as well")
-        records = {split: (path, read_absa_records(path)) for split, path in files.items()}
+        records = {split: (path, _read_records(path)) for split, path in files.items()}
     elif source:
         hub = load_hub_dataset(source)
         # Hub split names as in a folder (SPLIT_NAMES): a "dev" or "valid" split is the validation split.
@@ -91,12 +91,12 @@ def _label_as_name(row: dict, features) -> dict:
 
 def read_absa_file(path, label_names=DEFAULT_LABELS, numeric_labels: str = "auto") -> list[dict]:
     """Checked rows of one file; what whole-number labels mean is read from its labels unless `numeric_labels` says."""
-    records = read_absa_records(path)
+    records = _read_records(path)
     rule = LabelRule.for_values(label_names, [record.get("label") for _, record in records], numeric_labels, path)
     return _normalise_rows(records, path, rule)
 
 
-def read_absa_records(path) -> list[tuple]:
+def _read_records(path) -> list[tuple]:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in XML_SUFFIXES:
@@ -112,15 +112,10 @@ def read_absa_records(path) -> list[tuple]:
 
 def _normalise_rows(records, file, rule: LabelRule) -> list[dict]:
     """`conflict` rows (SemEval's fourth polarity) are dropped and counted."""
-    rows, conflicts = [], 0
-    for row_label, record in records:
-        row = _normalise_row(record, file, row_label, rule)
-        if row is None:
-            conflicts += 1
-        else:
-            rows.append(row)
-    if conflicts:
-        logger.warning("%s: dropped %d 'conflict' rows", file, conflicts)
+    rows = [_normalise_row(record, file, row_label, rule) for row_label, record in records]
+    if None in rows:
+        logger.warning("%s: dropped %d 'conflict' rows", file, rows.count(None))
+        rows = [row for row in rows if row is not None]
     if not rows:
         raise DataError(file, "no usable rows")
     return rows

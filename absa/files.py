@@ -62,7 +62,7 @@ def whole_number(value) -> int | None:
     if isinstance(value, (int, np.integer)):
         return int(value)
     try:
-        number = float(str(value).strip())
+        number = float(str(value))
     except ValueError:
         return None
     return int(number) if number.is_integer() else None
@@ -215,15 +215,17 @@ def _jsonl_rows(path: Path):
 
 def _json_rows(path: Path):
     text = read_text(path)
-    if _looks_like_jsonl(text):
-        yield from _jsonl_rows(path)
-        return
     try:
         data = json.loads(text or "[]")
     except json.JSONDecodeError as error:
-        raise DataError(path, f"not valid JSON ({error.msg})", row=f"line {error.lineno}") from None
-    if isinstance(data, dict) and "data" in data:  # the {"data": [...]} layout datasets also reads
+        if not text.lstrip().startswith("{"):
+            raise DataError(path, f"not valid JSON ({error.msg})", row=f"line {error.lineno}") from None
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):  # the {"data": [...]} layout datasets reads
         data = data["data"]
+    elif data is None or isinstance(data, dict):  # JSON Lines saved as .json: read by line, so errors name the line
+        yield from _jsonl_rows(path)
+        return
     if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
         raise DataError(path, "a .json file must hold a list of objects (or use .jsonl)")
     yield from enumerate(data, start=1)
@@ -276,16 +278,6 @@ def _delimited_rows(path: Path, dialect):
         raise DataError(path, f"not a valid {kind} file ({error})", row=f"line {reader.line_num}") from None
     if header is None:
         raise DataError(path, "the file is empty")
-
-
-def _looks_like_jsonl(text: str) -> bool:
-    if not text.lstrip().startswith("{"):
-        return False
-    try:  # one object is either the {"data": [...]} layout or a one-line JSONL file
-        document = json.loads(text)
-    except json.JSONDecodeError:
-        return True  # several objects (or a broken one): read line by line so errors name the line
-    return not (isinstance(document, dict) and isinstance(document.get("data"), list))
 
 
 def require_columns(rows: list, path, needed, header: str | None = None) -> None:
