@@ -100,7 +100,7 @@ def resolve_aspect(text: str, aspect: str | None = None, start=None, end=None,
     if not is_missing(spans):
         pairs = _span_pairs(spans)
         if pairs is None:
-            raise AspectError(f"spans must be a non-empty list of [start, end] pairs, got {spans!r:.80}", "spans")
+            raise AspectError(f"must be a non-empty list of [start, end] pairs, got {spans!r:.80}", "spans")
         placed = sorted({place_offsets(clean, aspect, *pair, field="spans") for pair in pairs})
         if offsets and place_offsets(clean, aspect, start, end) not in placed:
             raise AspectError(f"start/end {start}:{end} is not one of the spans {[list(s) for s in placed]}", "start")
