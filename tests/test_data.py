@@ -591,21 +591,22 @@ def test_xml_unknown_polarity(tmp_path):
     assert "'mixed'" in message
 
 
+def t_format_error(path: Path, edit) -> str:
+    """The error for a `$T$` file of ROWS whose lines `edit` changed."""
+    lines = write_t_format(path, ROWS).read_text(encoding="utf-8").splitlines()
+    path.write_text("\n".join(edit(lines)) + "\n", encoding="utf-8")
+    return error_of(path)
+
+
 def test_t_format_record_without_placeholder(tmp_path):
-    path = write_t_format(tmp_path / "train.seg", ROWS)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    lines[3] = lines[3].replace("$T$", "battery")  # second record, file line 4
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    message = error_of(path)
+    message = t_format_error(tmp_path / "train.seg",  # second record, file line 4
+                             lambda lines: lines[:3] + [lines[3].replace("$T$", "battery")] + lines[4:])
     assert_names(message, "train.seg", "line 4", "text")
     assert "no '$T$'" in message
 
 
 def test_t_format_record_cut_short(tmp_path):
-    path = write_t_format(tmp_path / "train.raw", ROWS)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    path.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")  # the last record lost its polarity line
-    message = error_of(path)
+    message = t_format_error(tmp_path / "train.raw", lambda lines: lines[:-1])  # the last record lost its polarity
     assert "train.raw" in message and "not a multiple of 3" in message
 
 
