@@ -19,7 +19,7 @@ from .encoders import require_fast_tokenizer
 from .files import DataError, is_missing, whole_number
 
 MARK_START, MARK_END = "[B-ASP]", "[E-ASP]"  # an aspect marked in its text, as use_absa.py predict reads it
-_MARKERS = re.compile(re.escape(MARK_START) + "|" + re.escape(MARK_END))
+_MARKERS = re.compile(f"({re.escape(MARK_START)}|{re.escape(MARK_END)})")  # kept by re.split
 
 
 class AspectError(ValueError):
@@ -50,30 +50,25 @@ class AspectSpan:
 def parse_marked_text(text: str) -> tuple[str, list[tuple[int, int]]]:
     """`"The [B-ASP] battery[E-ASP] lasts"` -> `("The  battery lasts", [(5, 12)])`: spaces just inside the markers
     are not the aspect. Unbalanced, nested or empty markers are an AspectError."""
-    clean, spans, opened = [], [], None
-    length, position = 0, 0
-    for match in _MARKERS.finditer(text):
-        piece = text[position:match.start()]
-        clean.append(piece)
-        length += len(piece)
-        position = match.end()
-        if match.group() == MARK_START:
+    clean, spans, opened = "", [], None
+    for piece in _MARKERS.split(text):
+        if piece == MARK_START:
             if opened is not None:
                 raise AspectError(f"{MARK_START} inside a marked aspect (missing {MARK_END}) in {_shorten(text)!r}",
                                   "text")
-            opened = length
-            continue
-        if opened is None:
-            raise AspectError(f"{MARK_END} without {MARK_START} in {_shorten(text)!r}", "text")
-        marked = "".join(clean)[opened:]
-        if not marked.strip():
-            raise AspectError(f"an empty marked aspect in {_shorten(text)!r}", "text")
-        spans.append(_without_spaces(marked, opened, length))
-        opened = None
+            opened = len(clean)
+        elif piece == MARK_END:
+            if opened is None:
+                raise AspectError(f"{MARK_END} without {MARK_START} in {_shorten(text)!r}", "text")
+            if not clean[opened:].strip():
+                raise AspectError(f"an empty marked aspect in {_shorten(text)!r}", "text")
+            spans.append(_without_spaces(clean[opened:], opened, len(clean)))
+            opened = None
+        else:
+            clean += piece
     if opened is not None:
         raise AspectError(f"{MARK_START} without {MARK_END} in {_shorten(text)!r}", "text")
-    clean.append(text[position:])
-    return "".join(clean), spans
+    return clean, spans
 
 
 def resolve_aspect(text: str, aspect: str | None = None, start=None, end=None,

@@ -122,14 +122,12 @@ def _normalise_rows(records, file, rule: LabelRule) -> list[dict]:
 
 
 def _normalise_row(record: dict, file, row_label, rule: LabelRule) -> dict | None:
-    for field in ("text", "aspect", "label"):
-        value = record.get(field)
-        if is_missing(value, text=field != "label"):
+    for field in ("text", "aspect", "label"):  # the types of text and aspect: resolve_aspect's check
+        if is_missing(record.get(field), text=field != "label"):
             raise DataError(file, "missing or empty", row=row_label, field=field)
-        if not pd.api.types.is_scalar(value) or (field != "label" and not isinstance(value, str)):
-            value = getattr(value, "tolist", lambda: value)()  # numpy values from Parquet, as Python ones
-            raise DataError(file, f"must be {'a string' if field != 'label' else 'one label'}, got "
-                            f"{type(value).__name__} {value!r:.80}", row=row_label, field=field)
+    if not pd.api.types.is_scalar(record["label"]):
+        raise DataError(file, f"must be one label, got {type(record['label']).__name__} {record['label']!r:.80}",
+                        row=row_label, field="label")
     label = rule.id(record["label"])
     if label is None and str(record["label"]).strip().lower() == "conflict":
         return None
