@@ -1,10 +1,6 @@
-"""An aspect in its text: placing it (characters: offsets, `[B-ASP]` markers, search), then encoding it (tokens).
-
-Placing is one rule for training, evaluation and prediction (`resolve_aspect`), so each scores the same span.
-The aspect mask marks every sub-token that overlaps the aspect's characters, so "battery life" or "Größe" is pooled
-whole, at each of its places when it has several (a `$T$` record naming its target twice). A text longer than
-`max_length` is cut to a window of tokens around the aspect rather than losing it.
-"""
+"""An aspect in its text: placed by one rule for training, evaluation and prediction (`resolve_aspect`: offsets,
+`[B-ASP]` markers, search), then encoded: the mask marks every sub-token overlapping the aspect's characters, at each
+of its places, and a text longer than `max_length` is cut to a window around the aspect rather than losing it."""
 
 from __future__ import annotations
 

@@ -1,11 +1,7 @@
-"""Labelled ABSA data as splits with columns `text, aspect, start, end, spans, label`, from a Hub name, a folder or
-files: tables (JSONL / JSON / CSV / TSV / Parquet), SemEval-2014 Task 4 XML, or the three-line `$T$` format of
-ABSA-PyTorch and PyABSA (`.raw` / `.seg` / `.txt`).
-
-Every row's aspect is placed as predict places it (`absa.aspects.resolve_aspect`: offsets, markers, `occurrence`,
-search), so training, evaluation and prediction read one file alike. `spans` lists every place of the aspect, sorted
-(a `$T$` sentence may name its target twice: Dong et al. 2014's tweets); `start` / `end` are the first.
-"""
+"""Labelled ABSA data as splits with `text, aspect, start, end, spans, label`, from the Hub, tables, SemEval-2014
+XML or the three-line `$T$` format (ABSA-PyTorch, PyABSA). Aspects are placed as predict places them
+(`absa.aspects.resolve_aspect`), so training, evaluation and prediction read a file alike; `spans` lists every place
+of the aspect (a `$T$` tweet may name its target twice), `start` / `end` the first."""
 
 from __future__ import annotations
 
