@@ -92,7 +92,8 @@ def rebuild_recipe(record: dict | None, model: str, split: str, validation_fract
 
     Values that differ from a carve's record are refused: another carve holds rows the model trained on.
     """
-    fraction, seed_or_default = 0.1 if validation_fraction is None else validation_fraction, 42 if seed is None else seed
+    fraction = 0.1 if validation_fraction is None else validation_fraction
+    seed_or_default = 42 if seed is None else seed
     if not record:
         if split != "test":
             logger.warning("note: %s does not record how its validation split was made (trained before this was "

@@ -916,8 +916,9 @@ def test_offsets_are_read_by_one_rule_in_training_evaluate_and_predict(tmp_path)
         span = resolve_aspect(text, "battery", start, end)
         assert (row["start"], row["end"], row["aspect"]) == (span.start, span.end, span.aspect) == (4, 11, "battery")
     assert resolve_aspect(text, None, 3, 12).aspect == "battery"
-    for start, end, field, problem in ((3, 4, "start", "give ' ', not an aspect"), (True, 11, "start", "start must be a "
-                                       "whole number, got True"), (4, 11.5, "end", "end must be a whole number")):
+    for start, end, field, problem in ((3, 4, "start", "give ' ', not an aspect"),
+                                       (True, 11, "start", "start must be a whole number, got True"),
+                                       (4, 11.5, "end", "end must be a whole number")):
         with pytest.raises(AspectError, match=problem) as info:
             resolve_aspect(text, None, start, end)
         assert info.value.field == field
