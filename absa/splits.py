@@ -32,8 +32,8 @@ def find_split_files(folder: str | Path, suffixes: tuple[str, ...]) -> dict[str,
     files = [p for p in every_file if p.suffix.lower() in suffixes]
     found = {}
     for split, names in SPLIT_NAMES.items():
-        candidates = [p for p in files if p.stem.lower() in names] or [p for p in files
-                                                                       if _splits_named(p.stem) == {split}]
+        exact = [p for p in files if p.stem.lower() in names]
+        candidates = exact or [p for p in files if _splits_named(p.stem) == {split}]
         if len(candidates) > 1:
             raise DataError(folder, f"several files could be the {split} split: "
                             f"{', '.join(p.name for p in candidates)}; pass the files explicitly")
