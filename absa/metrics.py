@@ -1,9 +1,6 @@
-"""Metrics from gathered logits and labels: scikit-learn / SciPy do the counting.
-
-Each function takes numpy arrays of ALL evaluation examples (after `gather_for_metrics`) and returns a flat
-dict of floats plus, where useful, lists (per-class report, confusion matrix) for results.json.
-The loss is computed here from the logits, so it is exact on any number of processes.
-"""
+"""Metrics of ALL evaluation examples (numpy arrays, after `gather_for_metrics`), counted by scikit-learn / SciPy:
+flat dicts of floats plus reports and matrices for results.json. The loss comes from the logits, so it is exact on
+any number of processes."""
 
 from __future__ import annotations
 
@@ -12,33 +9,24 @@ import torch
 from scipy import stats
 from sklearn import metrics as skm
 
-# Metrics where smaller is better; everything else is maximised by model selection.
-LOWER_IS_BETTER = {"loss", "mse", "rmse", "mae"}
+LOWER_IS_BETTER = {"loss", "mse", "rmse", "mae"}  # every other metric is maximised by model selection
 
 
 def single_label_metrics(logits: np.ndarray, labels: np.ndarray, label_names) -> dict:
-    """Cross-entropy loss, accuracy, macro P/R/F1, per-class report and confusion matrix.
-
-    Macro averages are over the classes that occur in the labels or the predictions (`macro_classes`), as
-    scikit-learn's own default: a class the split does not hold and the model never predicts has no F1, and counting
-    it as 0 would cap a perfect model at 2/3 on a positive/negative-only set (data/contrastive). The per-class report
-    and the confusion matrix list every class."""
-    logits_t = torch.as_tensor(logits, dtype=torch.float32)
+    """Loss, accuracy, macro P/R/F1 over the classes present (`macro_classes`, scikit-learn's own default: an absent
+    class that is never predicted has no F1, and counting it as 0 would cap a perfect model at 2/3 on a
+    positive/negative-only set), per-class report and confusion matrix of every class."""
     predictions = logits.argmax(axis=-1)
     classes = list(range(len(label_names)))
     present = macro_classes(labels, predictions, len(label_names))
     precision, recall, f1, _ = skm.precision_recall_fscore_support(labels, predictions, labels=present,
                                                                    average="macro", zero_division=0)
-    report = skm.classification_report(labels, predictions, labels=classes, target_names=list(label_names),
-                                       output_dict=True, zero_division=0)
+    loss = torch.nn.functional.cross_entropy(torch.as_tensor(logits, dtype=torch.float32), torch.as_tensor(labels))
     return {
-        "examples": len(labels),
-        "loss": torch.nn.functional.cross_entropy(logits_t, torch.as_tensor(labels)).item(),
-        "accuracy": skm.accuracy_score(labels, predictions),
+        "examples": len(labels), "loss": loss.item(), "accuracy": skm.accuracy_score(labels, predictions),
         "macro_precision": precision, "macro_recall": recall, "macro_f1": f1,
         "macro_classes": [list(label_names)[i] for i in present],
-        "per_class": {name: {k: report[name][k] for k in ("precision", "recall", "f1-score", "support")}
-                      for name in label_names},
+        "per_class": _per_class(labels, predictions, label_names, labels=classes),
         "confusion_matrix": skm.confusion_matrix(labels, predictions, labels=classes).tolist(),
     }
 
@@ -59,19 +47,20 @@ def multi_label_metrics(logits: np.ndarray, labels: np.ndarray, label_names, thr
         roc_auc = skm.roc_auc_score(labels, probabilities, average="micro")
     except ValueError:  # a single class present in the labels
         roc_auc = float("nan")
-    report = skm.classification_report(labels, predictions, target_names=list(label_names), output_dict=True,
-                                       zero_division=0)
     return {
         "examples": len(labels),
         "loss": torch.nn.functional.binary_cross_entropy_with_logits(logits_t, torch.as_tensor(labels).float()).item(),
         "micro_f1": skm.f1_score(labels, predictions, average="micro", zero_division=0),
         "macro_f1": skm.f1_score(labels, predictions, average="macro", zero_division=0),
-        "roc_auc": roc_auc,
-        "subset_accuracy": skm.accuracy_score(labels, predictions),
-        "threshold": threshold,
-        "per_class": {name: {k: report[name][k] for k in ("precision", "recall", "f1-score", "support")}
-                      for name in label_names},
+        "roc_auc": roc_auc, "subset_accuracy": skm.accuracy_score(labels, predictions), "threshold": threshold,
+        "per_class": _per_class(labels, predictions, label_names),
     }
+
+
+def _per_class(truth, predictions, label_names, **kwargs) -> dict:
+    report = skm.classification_report(truth, predictions, target_names=list(label_names), output_dict=True,
+                                       zero_division=0, **kwargs)
+    return {name: {k: report[name][k] for k in ("precision", "recall", "f1-score", "support")} for name in label_names}
 
 
 def best_threshold(logits: np.ndarray, labels: np.ndarray, label_names, metric: str = "micro_f1") -> float:
@@ -82,19 +71,18 @@ def best_threshold(logits: np.ndarray, labels: np.ndarray, label_names, metric: 
 
 
 def regression_metrics(predictions: np.ndarray, targets: np.ndarray) -> dict:
-    """MSE (also the loss), RMSE, MAE, Pearson and Spearman correlation."""
+    """MSE (also the loss), RMSE, MAE, Pearson and Spearman correlation (0 for constant predictions)."""
     predictions, targets = predictions.reshape(-1).astype(np.float64), targets.reshape(-1).astype(np.float64)
     mse = skm.mean_squared_error(targets, predictions)
-    return {
-        "examples": len(targets), "loss": mse, "mse": mse, "rmse": float(np.sqrt(mse)), "mae": skm.mean_absolute_error(targets, predictions),
-        "pearson": float(stats.pearsonr(predictions, targets)[0]) if predictions.std() > 0 else 0.0,
-        "spearman": float(stats.spearmanr(predictions, targets)[0]) if predictions.std() > 0 else 0.0,
-    }
+    varies = predictions.std() > 0
+    return {"examples": len(targets), "loss": mse, "mse": mse, "rmse": float(np.sqrt(mse)),
+            "mae": skm.mean_absolute_error(targets, predictions),
+            "pearson": float(stats.pearsonr(predictions, targets)[0]) if varies else 0.0,
+            "spearman": float(stats.spearmanr(predictions, targets)[0]) if varies else 0.0}
 
 
 def is_better(metric: str, new: float, best: float | None) -> bool:
-    """Whether `new` improves on `best` (None: nothing yet). A NaN (a loss that diverged) is never better, and any
-    number is better than a NaN best, which would otherwise stay best for the rest of the run."""
+    """A NaN (a diverged loss) is never better, and anything beats a NaN best, which would otherwise stay best."""
     if best is None:
         return True
     if best != best:

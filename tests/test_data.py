@@ -19,7 +19,8 @@ import pytest
 from conftest import SHARED_DATA
 
 from absa.data import DEFAULT_LABELS, load_absa_splits
-from absa.files import DataError, LabelRule, carve_validation, find_split_files, read_rows
+from absa.files import DataError, LabelRule, read_rows
+from absa.splits import carve_validation, find_split_files
 
 LAPTOPS = SHARED_DATA / "semeval2014_laptops"
 
@@ -590,21 +591,22 @@ def test_xml_unknown_polarity(tmp_path):
     assert "'mixed'" in message
 
 
+def t_format_error(path: Path, edit) -> str:
+    """The error for a `$T$` file of ROWS whose lines `edit` changed."""
+    lines = write_t_format(path, ROWS).read_text(encoding="utf-8").splitlines()
+    path.write_text("\n".join(edit(lines)) + "\n", encoding="utf-8")
+    return error_of(path)
+
+
 def test_t_format_record_without_placeholder(tmp_path):
-    path = write_t_format(tmp_path / "train.seg", ROWS)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    lines[3] = lines[3].replace("$T$", "battery")  # second record, file line 4
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    message = error_of(path)
+    message = t_format_error(tmp_path / "train.seg",  # second record, file line 4
+                             lambda lines: lines[:3] + [lines[3].replace("$T$", "battery")] + lines[4:])
     assert_names(message, "train.seg", "line 4", "text")
     assert "no '$T$'" in message
 
 
 def test_t_format_record_cut_short(tmp_path):
-    path = write_t_format(tmp_path / "train.raw", ROWS)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    path.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")  # the last record lost its polarity line
-    message = error_of(path)
+    message = t_format_error(tmp_path / "train.raw", lambda lines: lines[:-1])  # the last record lost its polarity
     assert "train.raw" in message and "not a multiple of 3" in message
 
 
@@ -669,7 +671,7 @@ def test_spans_given_in_jsonl_are_checked(tmp_path):
     rows = load_all(write_jsonl(tmp_path / "train.jsonl", [{**row, "spans": [[27, 34], [4, 11]]}]))
     assert rows[0]["spans"] == [[4, 11], [27, 34]] and (rows[0]["start"], rows[0]["end"]) == (4, 11)
     message = error_of(write_jsonl(tmp_path / "wrong.jsonl", [{**row, "spans": [[4, 11], [5, 12]]}]))
-    assert_names(message, "wrong.jsonl", "line 1", "start")
+    assert_names(message, "wrong.jsonl", "line 1", "spans")  # the field predict names for a wrong entry of spans
     assert "5:12 give 'attery '" in message
     message = error_of(write_jsonl(tmp_path / "shape.jsonl", [{**row, "spans": [4, 11]}]))
     assert_names(message, "shape.jsonl", "line 1", "spans")
@@ -836,7 +838,7 @@ def test_split_files_are_found_by_whole_words(tmp_path, caplog):
     write_jsonl(tmp_path / "test.jsonl", ROWS)
     write_jsonl(tmp_path / "train_dev_backup.jsonl", ROWS[:5])
     write_jsonl(tmp_path / "retrieval.jsonl", ROWS[:2])
-    with caplog.at_level(logging.WARNING, logger="absa.files"):
+    with caplog.at_level(logging.WARNING, logger="absa.splits"):
         assert find_split_files(tmp_path, (".jsonl",)) == {"train": tmp_path / "train.jsonl",
                                                            "test": tmp_path / "test.jsonl"}
     note = " ".join(r.getMessage() for r in caplog.records)
@@ -868,7 +870,7 @@ def test_marked_aspects_and_occurrence_columns_are_read_as_predict_reads_them(tm
     # A labelled file written as predict input (aspect marked in the text, or an `occurrence` column) was read as
     # literal "[B-ASP]" text / the first occurrence by training and evaluate: another input than predict classifies.
     from absa.data import read_absa_file
-    from absa.data import resolve_aspect
+    from absa.aspects import resolve_aspect
     rows = [{"text": "Good [B-ASP]screen[E-ASP], but the screen hinge broke", "aspect": "screen", "label": "positive"},
             {"text": "Good screen, but the screen hinge broke", "aspect": "screen", "occurrence": 2,
              "label": "negative"},
@@ -892,10 +894,34 @@ def test_an_aspect_without_offsets_is_placed_by_the_rule_predict_uses(tmp_path):
     # Training / evaluate took the first same-case match ("screen" -> the second word below), predict the first match
     # in any case: evaluate scored another occurrence than predict classified. One rule now.
     from absa.data import read_absa_file
-    from absa.data import resolve_aspect
+    from absa.aspects import resolve_aspect
     text = "Screen is bright, but the screen hinge is loose"
     path = tmp_path / "test.jsonl"
     path.write_text(json.dumps({"text": text, "aspect": "screen", "label": "positive"}) + "\n", encoding="utf-8")
     row = read_absa_file(path)[0]
     span = resolve_aspect(text, "screen")
     assert (row["start"], row["end"]) == (span.start, span.end) == (0, 6)
+
+
+def test_offsets_are_read_by_one_rule_in_training_evaluate_and_predict(tmp_path):
+    # Training refused offsets that took in a space beside the aspect while predict took them with the space (the
+    # mask, the bracketed and the paired input then held it): one rule now, the aspect's own characters, both ways.
+    from absa.aspects import AspectError, resolve_aspect
+    from absa.data import read_absa_file
+    text = "The battery lasts"
+    for start, end in ((3, 11), (4, 12), (3, 12), (4, 11)):
+        path = write_jsonl(tmp_path / f"train{start}{end}.jsonl", [
+            {"text": text, "aspect": "battery", "start": start, "end": end, "label": "positive"}])
+        row = read_absa_file(path)[0]
+        span = resolve_aspect(text, "battery", start, end)
+        assert (row["start"], row["end"], row["aspect"]) == (span.start, span.end, span.aspect) == (4, 11, "battery")
+    assert resolve_aspect(text, None, 3, 12).aspect == "battery"
+    for start, end, field, problem in ((3, 4, "start", "give ' ', not an aspect"),
+                                       (True, 11, "start", "start must be a whole number, got True"),
+                                       (4, 11.5, "end", "end must be a whole number")):
+        with pytest.raises(AspectError, match=problem) as info:
+            resolve_aspect(text, None, start, end)
+        assert info.value.field == field
+        message = error_of(write_jsonl(tmp_path / "bad.jsonl", [
+            {"text": text, "aspect": "battery", "start": start, "end": end, "label": "positive"}]))
+        assert_names(message, "bad.jsonl", "line 1", field)
