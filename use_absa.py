@@ -41,12 +41,11 @@ from accelerate.utils import broadcast_object_list, gather_object
 from sklearn.metrics import classification_report
 from tqdm import tqdm
 
-from absa.aspects import AspectCollator
-from absa.data import (MARK_END, MARK_START, AspectError, AspectSpan, load_absa_splits, parse_marked_text,
-                       read_absa_file, resolve_aspect)
+from absa.aspects import (MARK_END, MARK_START, AspectCollator, AspectError, AspectSpan, parse_marked_text,
+                          resolve_aspect)
+from absa.data import load_absa_splits, read_absa_file
 from absa.encoders import load_tokenizer
-from absa.files import (NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError, check_rebuilt_split, rebuild_recipe,
-                        write_atomically)
+from absa.files import NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError, write_atomically
 from absa.launch import check_distributed_setup, end_run
 from absa.metrics import macro_classes, single_label_metrics
 from absa.model import WEIGHTS_NAME
@@ -54,6 +53,7 @@ from absa.predict import (DTYPES, autocast, check_max_length, default_max_length
                           label_names_of, length_sorted_loader, load_absa_model, read_absa_config, resolve_dtype,
                           softmax)
 from absa.reports import plot_confusion_matrix, write_json
+from absa.splits import check_rebuilt_split, rebuild_recipe
 from absa.streaming import (OUTPUT_TYPES, PartialOutput, check_tsv_cells, infer_schema, read_chunks, table_bytes,
                             unify_schemas)
 

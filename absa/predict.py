@@ -32,9 +32,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .aspects import AspectCollator, encode_aspect_batch
+from .aspects import AspectCollator, AspectError, AspectSpan, encode_aspect_batch, resolve_aspect
 from .batches import text_groups
-from .data import AspectError, AspectSpan, resolve_aspect
 from .encoders import load_tokenizer
 from .launch import bf16_is_native
 from .model import AbsaClassifier

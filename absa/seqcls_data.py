@@ -18,8 +18,9 @@ import datasets
 import numpy as np
 from scipy.special import expit, softmax
 
-from .files import (SPLIT_NAMES, TABLE_SUFFIXES, DataError, LabelRule, carve_validation, check_label_names,
-                    find_split_files, is_missing, load_hub_dataset, read_rows, require_columns, whole_number)
+from .files import (TABLE_SUFFIXES, DataError, LabelRule, check_label_names, is_missing, load_hub_dataset, read_rows,
+                    require_columns, whole_number)
+from .splits import SPLIT_NAMES, carve_validation, find_split_files
 
 logger = logging.getLogger(__name__)
 

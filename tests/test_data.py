@@ -717,7 +717,7 @@ def test_validation_from_very_few_sentences(tmp_path):
 
 
 def test_validation_for_sequence_classification_keeps_repeated_texts_together(tmp_path):
-    from absa.text_data import load_text_data
+    from absa.seqcls_data import load_text_data
 
     rows = [{"text": f"tweet {i % 40}", "label": ["a", "b", "c"][i % 3]} for i in range(200)]  # each text 5 times
     train = write_jsonl(tmp_path / "train.jsonl", rows)
@@ -812,7 +812,7 @@ def test_hub_class_label_ids_are_names_not_sentiment_numbers(monkeypatch):
 
 
 def test_seqcls_reads_labels_with_the_same_rule(tmp_path):
-    from absa.text_data import load_text_data
+    from absa.seqcls_data import load_text_data
 
     texts = [f"sentence {i}" for i in range(12)]
     write = lambda name, labels: write_jsonl(tmp_path / name, [{"text": t, "label": x} for t, x in zip(texts, labels)])
@@ -856,7 +856,7 @@ def test_split_files_are_found_by_whole_words(tmp_path, caplog):
 
 def test_seqcls_class_names_that_differ_only_in_case_are_refused(tmp_path):
     """'Pos' and 'pos' in the data: one class or two? Refused in one line rather than guessed."""
-    from absa.text_data import load_text_data
+    from absa.seqcls_data import load_text_data
 
     path = write_jsonl(tmp_path / "train.jsonl", [{"text": f"t {i}", "label": ["Pos", "pos", "neg"][i % 3]}
                                                   for i in range(12)])

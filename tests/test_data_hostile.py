@@ -12,7 +12,7 @@ from test_data import ROWS, assert_names, error_of, load_all, write_csv, write_j
 
 from absa.data import load_absa_splits
 from absa.files import DataError, is_missing
-from absa.text_data import load_text_data
+from absa.seqcls_data import load_text_data
 
 LATIN_1 = "café".encode("latin-1")  # b"caf\xe9": the é is byte 0xe9, not UTF-8
 

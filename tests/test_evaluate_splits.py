@@ -76,11 +76,11 @@ def test_evaluate_validation_is_the_split_the_model_was_selected_on(seed_7_run, 
 
 
 def notes_of(monkeypatch) -> list[str]:
-    """The one-line notes absa.files logs (a training run in the same process reconfigures logging's handlers)."""
-    import absa.files
+    """The one-line notes absa.splits logs (a training run in the same process reconfigures logging's handlers)."""
+    import absa.splits
 
     notes = []
-    monkeypatch.setattr(absa.files.logger, "warning", lambda message, *args: notes.append(message % args))
+    monkeypatch.setattr(absa.splits.logger, "warning", lambda message, *args: notes.append(message % args))
     return notes
 
 

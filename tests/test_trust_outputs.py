@@ -18,7 +18,7 @@ from test_predict_stream import FP32, LABEL_COLUMNS, predict, read_table, write_
 from test_use_absa import (absa_dirs, expected, input_jsonl, input_rows, input_spans, model_dir,  # noqa: F401
                            plain_single_process)
 from absa.files import read_rows
-from absa.data import resolve_aspect
+from absa.aspects import resolve_aspect
 from absa.predict import AbsaPredictor, load_absa_model, resolve_dtype
 from absa.streaming import read_chunks
 
@@ -240,7 +240,7 @@ def test_evaluations_of_different_data_do_not_collide(model_dir, tmp_path, capsy
 
 def test_predict_places_the_aspect_at_every_span_as_evaluate_does(absa_dirs, tmp_path):
     from absa.aspects import AspectCollator
-    from absa.data import AspectSpan
+    from absa.aspects import AspectSpan
     from absa.predict import encode_spans, softmax
 
     text = "obama is back, really? obama yes"

@@ -24,7 +24,8 @@ sys.path.insert(0, str(REPO))  # `import use_absa` also under plain `pytest`
 import use_absa  # noqa: E402
 from absa.encoders import load_tokenizer  # noqa: E402
 from absa.model import AbsaClassifier  # noqa: E402
-from absa.data import AspectError, parse_marked_text, resolve_aspect  # noqa: E402
+from absa.aspects import AspectError, parse_marked_text
+from absa.data import resolve_aspect  # noqa: E402
 from absa.predict import AbsaPredictor  # noqa: E402
 
 LABELS = ["negative", "neutral", "positive"]
