@@ -25,8 +25,8 @@ import datasets
 import transformers
 from accelerate import Accelerator
 
-from absa.corpus import OUTPUT_TYPES, check_output, check_tsv_cells, decided_by_main, predict_corpus, \
-    prediction_row, table_bytes
+from absa.corpus import (OUTPUT_TYPES, check_output, check_tsv_cells, decided_by_main, predict_corpus,
+                         prediction_row, table_bytes)
 from absa.data import MARK_END, MARK_START, AspectError, AspectSpan, parse_marked_text, resolve_aspect
 from absa.evaluation import evaluation_name, read_split, report, score
 from absa.files import NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError, write_atomically
@@ -131,7 +131,7 @@ def main(argv=None) -> None:
             predict_corpus(open_model(args, accelerator), args.input, args.output, args.chunk_size, args.resume,
                            args.overwrite)
         else:
-            decided_by_main(accelerator, lambda: predict_texts(args, accelerator))  # a handful: the main process
+            decided_by_main(accelerator, predict_texts, args, accelerator)  # a handful: the main process alone
         end_run()
     except (DataError, AspectError, SystemExit) as error:
         message = error.code if isinstance(error, SystemExit) else str(error)

@@ -39,14 +39,14 @@ OUTPUT_TYPES = (".jsonl", ".csv", ".tsv", ".parquet")
 def predict_corpus(predictor, source, output, chunk_size: int, resume: bool = False, overwrite: bool = False) -> None:
     """Predictions for every row of `source` written to `output`, by every process of `predictor.accelerator`."""
     accelerator, partial = predictor.accelerator, PartialOutput(output)
-    decided_by_main(accelerator, lambda: partial.check(source, resume, overwrite))
+    decided_by_main(accelerator, partial.check, source, resume, overwrite)
     survey = survey_input(source, chunk_size, predictor, partial.suffix)
     if survey["ambiguous"] and accelerator.is_main_process:
         print(f"note: {source}: in {survey['ambiguous']} row(s) (first: {survey['first_ambiguous']}) the aspect "
               "occurs more than once; the first occurrence was used (add start/end or an `occurrence` column, or "
               "mark the aspect)", file=sys.stderr)
     run = describe_run(source, chunk_size, predictor, survey)
-    todo = decided_by_main(accelerator, lambda: partial.chunks_to_do(run, resume))
+    todo = decided_by_main(accelerator, partial.chunks_to_do, run, resume)
     columns = output_columns(survey["columns"], predictor.label_names)
     schema = output_schema(survey["schema"], columns) if partial.suffix == ".parquet" else None
 
@@ -85,12 +85,12 @@ def predict_corpus(predictor, source, output, chunk_size: int, resume: bool = Fa
               f"wrote {output} ({survey['rows']} rows)")
 
 
-def decided_by_main(accelerator, decide):
-    """`decide()` on the main process only; its result, or its one-line error, handed to every process."""
+def decided_by_main(accelerator, decide, *arguments):
+    """`decide(*arguments)` on the main process only; its result, or its one-line error, handed to every process."""
     outcome = [None, None]
     if accelerator.is_main_process:
         try:
-            outcome = [decide(), None]
+            outcome = [decide(*arguments), None]
         except (DataError, AspectError) as error:
             outcome = [None, str(error)]
         except SystemExit as error:
