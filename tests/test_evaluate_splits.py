@@ -85,6 +85,15 @@ def notes_of(monkeypatch) -> list[str]:
     return notes
 
 
+def test_evaluate_defaults_to_the_precision_the_model_was_trained_in(seed_7_run, tmp_path):
+    """Trained with --mixed_precision no: recorded, and evaluate computes in fp32 without being told, also where
+    bf16 is native (where auto would choose bf16)."""
+    output_dir, _ = seed_7_run
+    assert json.loads((output_dir / "best_model" / "config.json").read_text())["absa_mixed_precision"] == "no"
+    use_absa.main(["evaluate", str(output_dir / "best_model"), "--dataset", str(SAMPLE), "--output_dir", str(tmp_path)])
+    assert json.loads(next(tmp_path.glob("evaluation_*.json")).read_text())["mixed_precision"] == "no"
+
+
 def test_a_split_that_does_not_match_the_record_is_refused(seed_7_run, tmp_path, monkeypatch):
     """Other train data give another carve (rows unknown): refused. A model folder without a record (written
     before it was recorded) is evaluated as before, with a one-line note."""

@@ -274,6 +274,24 @@ def test_from_encoder_records_the_training_length(tiny_model_dirs):
     assert getattr(model.config, "absa_max_length", None) == 16
 
 
+def test_the_training_precision_is_recorded_and_is_the_default(tiny_model_dirs, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "bf16"
+    AbsaClassifier.from_encoder(str(tiny_model_dirs["bert"]), base.LABELS, mixed_precision="bf16").save_pretrained(folder)
+    base.load_tokenizer(str(tiny_model_dirs["bert"])).save_pretrained(folder)
+    assert json.loads((folder / "config.json").read_text())["absa_mixed_precision"] == "bf16"
+    monkeypatch.setattr("absa.launch.bf16_is_native", lambda device: True)
+    assert base.AbsaPredictor.from_pretrained(folder, device="cpu").mixed_precision == "bf16"
+    assert base.AbsaPredictor.from_pretrained(folder, device="cpu", mixed_precision="no").mixed_precision == "no"
+    # Where bf16 is only emulated, the recorded bf16 falls back to fp32 with a one-line note (an explicit one is
+    # refused: test_bf16_is_refused_where_a_cpu_only_emulates_it).
+    monkeypatch.setattr("absa.launch.bf16_is_native", lambda device: False)
+    with pytest.warns(UserWarning, match="trained in bf16"):
+        assert base.AbsaPredictor.from_pretrained(folder, device="cpu").mixed_precision == "no"
+    use_absa.main(["predict", str(folder), "--text", "The screen is dim.", "--aspect", "screen"])
+    captured = capsys.readouterr()
+    assert "trained in bf16" in captured.err and captured.out.rstrip().endswith(", fp32")
+
+
 def test_explicit_bf16_on_a_gpu_needs_native_bf16(monkeypatch):
     emulated = lambda including_emulation=True: including_emulation  # noqa: E731 - a T4 / V100: emulated only
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", emulated)
