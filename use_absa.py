@@ -158,21 +158,19 @@ def open_model(args, accelerator: Accelerator) -> AbsaPredictor:
 
 
 def evaluate(args, accelerator: Accelerator) -> None:
-    output_dir = Path(args.output_dir) if args.output_dir else Path(args.model).resolve().parent
-    name = evaluation_name(args)
-    json_path, png_path = decided_by_main(accelerator, lambda: [
-        check_output(output_dir / f"evaluation_{name}.json", args.overwrite),
-        check_output(output_dir / f"evaluation_{name}_confusion_matrix.png", args.overwrite)])
-
-    # Data first (a problem in it shows before a large model loads), labels in the model's order; then the scores.
+    # Outputs and data first (a problem shows before a large model loads), labels in the model's order.
     predictor = open_model(args, accelerator)
+    output = Path(args.output_dir) if args.output_dir else Path(args.model).resolve().parent
+    name = evaluation_name(args)
+    json_path, png_path = (output / f"evaluation_{name}.json", output / f"evaluation_{name}_confusion_matrix.png")
+    decided_by_main(accelerator, check_output, [json_path, png_path], args.overwrite)
     rows, where = read_split(args, predictor.config)
     accelerator.print(f"evaluating {args.model} on {where}: {len(rows)} examples, max_length {predictor.max_length}")
     results, predictions = score(predictor, rows, where)
 
     if accelerator.is_main_process:
         print(report(results, [row["label"] for row in rows], predictions, predictor.describe()))
-        write_json(json_path, {"model": str(args.model), "split": args.split, **results})
+        write_json(json_path, {"model": str(args.model), "split": args.split, **results})  # makes the folder
         plot_confusion_matrix(results["confusion_matrix"], predictor.label_names, png_path,
                               title=f"Confusion matrix ({name}, {len(rows)} examples)")
         print(f"wrote {json_path} and {png_path}")

@@ -101,10 +101,12 @@ def decided_by_main(accelerator, decide, *arguments):
     return outcome[0]
 
 
-def check_output(path, overwrite: bool, types=None) -> Path:
+def check_output(paths, overwrite: bool, types=None):
     """Refuse, before any work is done, an unknown output type, a folder in the output's place, a file or a folder
-    without write permission on its way, and an existing file (unless `overwrite`)."""
-    path = Path(path)
+    without write permission on its way, and an existing file (unless `overwrite`). `paths`: one or a list."""
+    if isinstance(paths, list):
+        return [check_output(path, overwrite, types) for path in paths]
+    path = Path(paths)
     if types and path.suffix.lower() not in types:
         raise SystemExit(f"{path}: unknown output type '{path.suffix}' (expected {', '.join(types)})")
     if path.is_dir():
@@ -135,7 +137,7 @@ def survey_input(source, chunk_size: int, predictor, output_suffix: str) -> dict
             if index % accelerator.num_processes == accelerator.process_index:
                 labels = [label for label, _ in chunk]
                 spans = spans_of_chunk(chunk, source)
-                check_tokens(predictor, spans, labels, source)
+                predictor.check_fit(spans, labels, source)
                 if output_suffix == ".tsv":
                     check_tsv_cells(chunk, source)
                 mine["columns"][index] = list(dict.fromkeys(key for _, row in chunk for key in row))
@@ -174,25 +176,6 @@ def spans_of_chunk(chunk, file) -> list:
         except AspectError as error:
             raise DataError(file, str(error), row=label, field=error.field) from None
     return spans
-
-
-def check_tokens(predictor, spans, labels, file) -> None:
-    """An aspect that maps to no token, or that alone does not fit max_length, is a DataError naming its row.
-
-    Tokenizing every text twice would cost what the model costs on a GPU. But a letter or digit always ends up in a
-    token (normalizers drop only spaces, control and format characters and accents), and no span needs more tokens
-    than its UTF-8 bytes: only the other aspects are tokenized in their text, as prediction will.
-    """
-    tokenizer, max_length, input_format = predictor.tokenizer, predictor.max_length, predictor.input_format
-    # A sentence pair shows the aspect twice; markers add a token on each side.
-    budget = ((max_length - tokenizer.num_special_tokens_to_add(pair=True)) // 2 if input_format == "sentence_pair"
-              else max_length - tokenizer.num_special_tokens_to_add(pair=False) - 2 * (input_format != "td_bert"))
-    doubtful = [i for i, span in enumerate(spans) if not any(character.isalnum() for character in span.aspect)
-                or len(span.aspect.encode("utf-8")) + 2 > budget]
-    try:
-        predictor.encode([spans[i] for i in doubtful])
-    except DataError as error:  # encode counts its spans from 1: name the file's own row instead
-        raise DataError(file, error.problem, row=labels[doubtful[error.row - 1]], field=error.field) from None
 
 
 def describe_run(source, chunk_size: int, predictor, survey: dict) -> dict:

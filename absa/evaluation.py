@@ -14,7 +14,7 @@ from sklearn.metrics import classification_report
 
 from .data import AspectSpan, load_absa_splits, read_absa_file
 from .files import DataError, check_rebuilt_split, rebuild_recipe
-from .metrics import macro_classes, single_label_metrics
+from .metrics import single_label_metrics
 
 
 def evaluation_name(args) -> str:
@@ -96,7 +96,7 @@ def report(results: dict, labels, predictions, precision: str) -> str:
     """The headline numbers, scikit-learn's per-class report, the confusion matrix, and the speed."""
     label_names = results["label_names"]
     width = max(12, *(len(name) + 2 for name in label_names))
-    present = macro_classes(labels, predictions, len(label_names))  # the classes the macro averages are over
+    present = [label_names.index(name) for name in results["macro_classes"]]  # the classes averaged over
     absent = [name for i, name in enumerate(label_names) if i not in present]
     lines = [(f"accuracy {results['accuracy']:.4f}   macro-F1 {results['macro_f1']:.4f}   "
               f"(macro precision {results['macro_precision']:.4f}, recall {results['macro_recall']:.4f}; "

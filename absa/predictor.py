@@ -34,6 +34,7 @@ from .aspects import AspectCollator, encode_aspect_batch
 from .batches import text_groups
 from .data import AspectError, AspectSpan, resolve_aspect
 from .encoders import load_tokenizer
+from .files import DataError
 from . import launch
 from .model import AbsaClassifier
 
@@ -145,6 +146,25 @@ class AbsaPredictor:
             features += [{**{key: values[i] for key, values in columns.items()}, "labels": first + i}
                          for i in range(len(chunk))]
         return features
+
+    def check_fit(self, spans: Sequence[AspectSpan], labels, file) -> None:
+        """An aspect that maps to no token, or that alone does not fit max_length, is a DataError naming its row
+        (`labels`: the rows' names in `file`).
+
+        Tokenizing every text twice would cost what the model costs on a GPU. But a letter or digit always ends up in
+        a token (normalizers drop only spaces, control and format characters and accents), and no span needs more
+        tokens than its UTF-8 bytes: only the other aspects are tokenized in their text, as prediction will.
+        """
+        # A sentence pair shows the aspect twice; markers add a token on each side.
+        special = self.tokenizer.num_special_tokens_to_add(pair=self.input_format == "sentence_pair")
+        budget = ((self.max_length - special) // 2 if self.input_format == "sentence_pair"
+                  else self.max_length - special - 2 * (self.input_format != "td_bert"))
+        doubtful = [i for i, span in enumerate(spans) if not any(character.isalnum() for character in span.aspect)
+                    or len(span.aspect.encode("utf-8")) + 2 > budget]
+        try:
+            self.encode([spans[i] for i in doubtful])
+        except DataError as error:  # encode counts its spans from 1: name the file's own row instead
+            raise DataError(file, error.problem, row=labels[doubtful[error.row - 1]], field=error.field) from None
 
     def logits(self, features: list[dict], shared: bool = False, progress=None) -> np.ndarray:
         """Logits of encoded spans, in input order. shared: every process of the accelerator passes the same
