@@ -277,6 +277,21 @@ def test_two_cpu_processes_give_the_same_outputs_in_input_order(one_process_run,
     assert output.read_bytes() == one_process_run[2].read_bytes()  # each chunk is predicted whole by one process
 
 
+@pytest.mark.multiprocess
+def test_two_cpu_processes_evaluate_every_example_once(model_dir, tmp_path):
+    """15 batches of 7 for 100 examples: the processes share them unevenly, and gather_for_metrics drops the padding
+    copies, so the scores are those of one process."""
+    argv = ["evaluate", model_dir, "--test_file", SAMPLE / "test.jsonl", "--mixed_precision", "no", "--batch_size", 7]
+    one = run_script([*argv, "--output_dir", tmp_path / "one"])
+    two = run_script([*argv, "--output_dir", tmp_path / "two"], launcher=("-m", "torch.distributed.run",
+                     "--standalone", "--nproc_per_node", "2"), ACCELERATE_USE_CPU="true")
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
+    one, two = (json.loads((tmp_path / run / "evaluation_sample_laptops_test.json").read_text()) for run in ("one", "two"))
+    assert (one["num_processes"], two["num_processes"], two["examples"]) == (1, 2, 100)
+    assert two["confusion_matrix"] == one["confusion_matrix"] and two["accuracy"] == one["accuracy"]
+    assert two["loss"] == pytest.approx(one["loss"], abs=1e-6)
+
+
 def test_predict_csv_in_process(model_dir, input_rows, input_spans, expected, tmp_path, capsys):
     source = tmp_path / "reviews.csv"
     pd.DataFrame(input_rows).to_csv(source, index=False)  # missing values become empty cells
