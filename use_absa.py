@@ -131,7 +131,7 @@ def main(argv=None) -> None:
             predict_corpus(open_model(args, accelerator), args.input, args.output, args.chunk_size, args.resume,
                            args.overwrite)
         else:
-            decided_by_main(accelerator, predict_texts, args, accelerator)  # a handful: the main process alone
+            decided_by_main(accelerator, predict_texts, args, open_model(args, accelerator))  # the main process
         end_run()
     except (DataError, AspectError, SystemExit) as error:
         message = error.code if isinstance(error, SystemExit) else str(error)
@@ -176,12 +176,11 @@ def evaluate(args, accelerator: Accelerator) -> None:
         print(f"wrote {json_path} and {png_path}")
 
 
-def predict_texts(args, accelerator: Accelerator) -> None:
+def predict_texts(args, predictor: AbsaPredictor) -> None:
     output = check_output(args.output, args.overwrite, OUTPUT_TYPES) if args.output else None
     spans = spans_of_command_line(args.text, args.aspect, args.occurrence)
     if output and output.suffix.lower() == ".tsv":
         check_tsv_cells([(f"prediction {n}", {"text": s.text}) for n, s in enumerate(spans, start=1)], output)
-    predictor = open_model(args, accelerator)
     features = predictor.encode(spans)
 
     started = time.perf_counter()
@@ -201,7 +200,7 @@ def predict_texts(args, accelerator: Accelerator) -> None:
         write_atomically(output, table_bytes(results, output.suffix.lower()))
         print(f"wrote {output}")
     print(f"{len(spans)} predictions in {seconds:.2f} s ({len(spans) / max(seconds, 1e-9):.1f} predictions/s; "
-          f"model loaded in {loaded - started:.1f} s) on {accelerator.device}, {predictor.describe()}")
+          f"model loaded in {loaded - started:.1f} s) on {predictor.device}, {predictor.describe()}")
 
 
 def spans_of_command_line(texts: list[str], aspects: list[str], occurrence: int | None) -> list[AspectSpan]:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import broadcast_object_list
 from torch.utils.data import DataLoader
 
 from .aspects import AspectCollator, encode_aspect_batch
@@ -52,8 +53,8 @@ class AbsaPredictor:
     Series whatever their index). An aspect found more than once without `occurrence` is a warning.
 
     device None: the accelerator's, else CUDA when available. mixed_precision None: what the model was trained in.
-    With an `accelerator`, the model is placed by it and `logits(spans, shared=True)` splits the batches between
-    its processes. Settings this model or machine cannot take are a ValueError; a folder that is no ABSA model a
+    With an `accelerator` (every process opens the folder), the main process chooses the precision for all, the
+    model is placed by the accelerator, and `logits(features, shared=True)` splits the batches between its processes. Settings this model or machine cannot take are a ValueError; a folder that is no ABSA model a
     one-line SystemExit.
     """
 
@@ -71,8 +72,17 @@ class AbsaPredictor:
             self.tokenizer, getattr(self.config, "absa_max_length", None)), self.config.to_dict())
         self.device = torch.device(accelerator.device if accelerator else device or
                                    ("cuda" if torch.cuda.is_available() else "cpu"))
-        recorded = getattr(self.config, "absa_mixed_precision", None)
-        self.mixed_precision, self.note = resolve_precision(mixed_precision, recorded, self.device)
+        recorded, decision = getattr(self.config, "absa_mixed_precision", None), [None, None, None]
+        if accelerator is None or accelerator.is_main_process:
+            try:
+                decision = [*resolve_precision(mixed_precision, recorded, self.device), None]
+            except ValueError as error:
+                decision = [None, None, str(error)]
+        if accelerator is not None and accelerator.num_processes > 1:
+            broadcast_object_list(decision)  # the main process's, so that every process computes alike
+        self.mixed_precision, self.note, refusal = decision
+        if refusal:
+            raise ValueError(refusal)
         if self.note and accelerator is None:
             warnings.warn(self.note, stacklevel=2)
 
