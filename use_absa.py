@@ -125,13 +125,19 @@ def main(argv=None) -> None:
     # Problems with the user's input end as one line naming the file / row / field, not as a traceback. Every
     # process meets the same problem (the decisions are shared); the main process says it.
     try:
+        try:  # the model folder, opened once: config, tokenizer, max_length, input format, labels, precision
+            predictor = AbsaPredictor(args.model, batch_size=args.batch_size, mixed_precision=args.mixed_precision,
+                                      max_length=args.max_length, accelerator=accelerator)
+        except ValueError as error:  # a --max_length or --mixed_precision this model or machine cannot take
+            raise SystemExit(f"{args.model}: {error}") from None
+        if predictor.note:
+            accelerator.print(predictor.note, file=sys.stderr)
         if args.mode == "evaluate":
-            evaluate(args, accelerator)
+            evaluate(args, predictor)
         elif args.input:
-            predict_corpus(open_model(args, accelerator), args.input, args.output, args.chunk_size, args.resume,
-                           args.overwrite)
+            predict_corpus(predictor, args.input, args.output, args.chunk_size, args.resume, args.overwrite)
         else:
-            decided_by_main(accelerator, predict_texts, args, open_model(args, accelerator))  # the main process
+            decided_by_main(accelerator, predict_texts, args, predictor)  # a handful: the main process alone
         end_run()
     except (DataError, AspectError, SystemExit) as error:
         message = error.code if isinstance(error, SystemExit) else str(error)
@@ -145,21 +151,9 @@ def main(argv=None) -> None:
         raise SystemExit(1) from None
 
 
-def open_model(args, accelerator: Accelerator) -> AbsaPredictor:
-    """The model folder's config and tokenizer (the weights load on first use), checked against the settings."""
-    try:
-        predictor = AbsaPredictor(args.model, batch_size=args.batch_size, mixed_precision=args.mixed_precision,
-                                  max_length=args.max_length, accelerator=accelerator)
-    except ValueError as error:  # a --max_length or --mixed_precision this model or machine cannot take
-        raise SystemExit(f"{args.model}: {error}") from None
-    if predictor.note:
-        accelerator.print(predictor.note, file=sys.stderr)
-    return predictor
-
-
-def evaluate(args, accelerator: Accelerator) -> None:
+def evaluate(args, predictor: AbsaPredictor) -> None:
     # Outputs and data first (a problem shows before a large model loads), labels in the model's order.
-    predictor = open_model(args, accelerator)
+    accelerator = predictor.accelerator
     output = Path(args.output_dir) if args.output_dir else Path(args.model).resolve().parent
     name = evaluation_name(args)
     json_path, png_path = (output / f"evaluation_{name}.json", output / f"evaluation_{name}_confusion_matrix.png")

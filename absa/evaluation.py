@@ -109,7 +109,8 @@ def report(results: dict, labels, predictions, precision: str) -> str:
              f"{'':{width}}" + "".join(f"{name[:width - 1]:>{width}}" for name in label_names)]
     for name, counts in zip(label_names, results["confusion_matrix"]):
         lines.append(f"{name:{width}}" + "".join(f"{count:>{width}d}" for count in counts))
-    lines.append(f"{results['examples']} predictions in {results['seconds']:.2f} s ({results['predictions_per_second']:.1f}"
-                 f" predictions/s, tokenizing included) with {results['num_processes']} process(es) on "
+    speed = results["predictions_per_second"]
+    lines.append(f"{results['examples']} predictions in {results['seconds']:.2f} s ({speed:.1f} "
+                 f"predictions/s, tokenized beforehand) with {results['num_processes']} process(es) on "
                  f"{results['device']}, {precision}")
     return "\n".join(lines)

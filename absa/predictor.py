@@ -54,8 +54,9 @@ class AbsaPredictor:
 
     device None: the accelerator's, else CUDA when available. mixed_precision None: what the model was trained in.
     With an `accelerator` (every process opens the folder), the main process chooses the precision for all, the
-    model is placed by the accelerator, and `logits(features, shared=True)` splits the batches between its processes. Settings this model or machine cannot take are a ValueError; a folder that is no ABSA model a
-    one-line SystemExit.
+    model is placed by the accelerator, and `logits(features, shared=True)` splits the batches between its
+    processes. Settings this model or machine cannot take are a ValueError; a folder that is no ABSA model a one-line
+    SystemExit.
     """
 
     def __init__(self, folder: str | Path, device=None, batch_size: int = 64, mixed_precision: str | None = None,
@@ -181,6 +182,7 @@ class AbsaPredictor:
         features, takes its share of the batches, and gets every logit back (`gather_for_metrics`: each once)."""
         if not features:
             return np.zeros((0, len(self.label_names)), dtype=np.float32)
+        model = self.model
         loader = length_sorted_loader(features, self.collator, self.batch_size)
         if shared:
             loader = self.accelerator.prepare_data_loader(loader)
@@ -190,7 +192,7 @@ class AbsaPredictor:
         with torch.no_grad(), torch.autocast(self.device.type, dtype=precision, enabled=precision is not None):
             for batch in loader:
                 positions = batch.pop("labels")  # the input positions (encode)
-                logits = self.model(**{key: value.to(self.device) for key, value in batch.items()}).float()
+                logits = model(**{key: value.to(self.device) for key, value in batch.items()}).float()
                 if shared:
                     logits, positions = self.accelerator.gather_for_metrics((logits, positions))
                 all_logits.append(logits.cpu())

@@ -35,7 +35,8 @@ def exit_message(argv) -> str:
 
 
 def evaluate(model_dir, output_dir, *extra) -> dict:
-    use_absa.main(["evaluate", str(model_dir), "--output_dir", str(output_dir), "--mixed_precision", "no", *map(str, extra)])
+    use_absa.main(["evaluate", str(model_dir), "--output_dir", str(output_dir), "--mixed_precision", "no",
+                   *map(str, extra)])
     return json.loads(next(Path(output_dir).glob("evaluation_*.json")).read_text())
 
 

@@ -255,7 +255,8 @@ def test_max_length_defaults_to_the_training_length(tiny_model_dirs, tmp_path, c
 
     trained = reference_probabilities(16)
     assert np.abs(trained - reference_probabilities(512)).max() > 1e-3  # the cut matters for this text
-    use_absa.main(["evaluate", str(folder), "--test_file", str(data), "--output_dir", str(tmp_path), "--mixed_precision", "no"])
+    use_absa.main(["evaluate", str(folder), "--test_file", str(data), "--output_dir", str(tmp_path),
+                   "--mixed_precision", "no"])
     results = json.loads((tmp_path / f"evaluation_{data.parent.name}_{data.stem}.json").read_text())
     assert results["max_length"] == 16
     gold = np.array([base.LABELS.index(row["label"]) for row in rows])
@@ -276,7 +277,8 @@ def test_from_encoder_records_the_training_length(tiny_model_dirs):
 
 def test_the_training_precision_is_recorded_and_is_the_default(tiny_model_dirs, tmp_path, monkeypatch, capsys):
     folder = tmp_path / "bf16"
-    AbsaClassifier.from_encoder(str(tiny_model_dirs["bert"]), base.LABELS, mixed_precision="bf16").save_pretrained(folder)
+    model = AbsaClassifier.from_encoder(str(tiny_model_dirs["bert"]), base.LABELS, mixed_precision="bf16")
+    model.save_pretrained(folder)
     base.load_tokenizer(str(tiny_model_dirs["bert"])).save_pretrained(folder)
     assert json.loads((folder / "config.json").read_text())["absa_mixed_precision"] == "bf16"
     monkeypatch.setattr("absa.launch.bf16_is_native", lambda device: True)
