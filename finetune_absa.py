@@ -113,7 +113,8 @@ def main(settings: Settings) -> dict:
     model = AbsaClassifier.from_encoder(settings.model_name_or_path, settings.label_names, settings.pooling,
                                         max_length=settings.max_length, input_format=settings.input_format,
                                         validation_split=splits.validation_split,
-                                        numeric_labels=splits.numeric_labels)
+                                        numeric_labels=splits.numeric_labels,
+                                        mixed_precision=accelerator.mixed_precision)
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if settings.freeze_word_embeddings:

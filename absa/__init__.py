@@ -2,10 +2,11 @@
 
 Generic (any encoder, any task): `training` (settings, Accelerator, run state, best-model save and reload,
 checkpoints, seeds, results), `batches` (samplers and data loaders), `files` (reading JSONL / CSV / TSV / Parquet /
-Hub data, `DataError`, the validation carve), `streaming` (tables larger than memory, a chunk at a time, resumable output), `metrics`, `reports` (atomic files, plots), `launch` (launch checks,
+Hub data, `DataError`, the validation carve), `metrics`, `reports` (atomic files, plots), `launch` (launch checks,
 FSDP readiness, native bf16).
 Aspect-based sentiment: `data` (ABSA splits from any source), `aspects` (aspect masks, windows, the collator),
-`model` (`AbsaClassifier`), `predict` (`AbsaPredictor` and finding aspects in texts).
+`model` (`AbsaClassifier`), `predictor` (`AbsaPredictor`: the one way into a trained model), `corpus`
+(prediction tables, a chunk at a time, resumable), `evaluation` (use_absa.py evaluate's split, scores, report).
 Sequence classification: `text_data` (splits and task inference), `text_predictions` (through transformers'
 pipeline).
 """

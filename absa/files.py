@@ -242,7 +242,7 @@ def _parquet_rows(path: Path):
 
 # CSV: quoted cells ("a ""b"", c" holds a quote and a comma, and may span lines). TSV (and SemEval-2018's
 # tab-separated .txt): no quoting at all, a quote character is a character (GLUE-style corpora carry unbalanced
-# ones), so a cell cannot hold a tab or a line break. `absa.streaming.table_bytes` writes both by the same rules.
+# ones), so a cell cannot hold a tab or a line break. `absa.corpus.table_bytes` writes both by the same rules.
 class TabSeparated(csv.excel_tab):
     quoting = csv.QUOTE_NONE
     quotechar = None

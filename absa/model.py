@@ -12,7 +12,6 @@ A saved model is an ordinary Hugging Face folder: config.json (the encoder's con
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 
 import torch
@@ -54,14 +53,16 @@ class AbsaClassifier(nn.Module):
     @classmethod
     def from_encoder(cls, name_or_path: str, label_names, pooling: str = "max", dropout: float | None = None,
                      max_length: int | None = None, input_format: str = "td_bert", validation_split: dict | None = None,
-                     numeric_labels: str | None = None, **load_kwargs) -> "AbsaClassifier":
+                     numeric_labels: str | None = None, mixed_precision: str | None = None,
+                     **load_kwargs) -> "AbsaClassifier":
         """A new ABSA model around a pretrained encoder (Hub name, folder, or embedded short name).
 
         `max_length` (the training length) and `input_format` (absa.aspects.INPUT_FORMATS) are recorded in the
         config as `absa_max_length` and `absa_input_format`, so that prediction builds its inputs as training did;
         `validation_split` (how validation was made, absa.files.split_record) and `numeric_labels` (what whole-number
         labels meant, absa.files.LabelRule) as `absa_validation_split` and `absa_numeric_labels`, so that
-        `use_absa.py evaluate` rebuilds the same splits and reads labels alike.
+        `use_absa.py evaluate` rebuilds the same splits and reads labels alike; `mixed_precision` (what training
+        computed in: no, fp16, bf16) as `absa_mixed_precision`, the precision prediction uses by default.
         """
         path = resolve_model_path(name_or_path)
         id2label = dict(enumerate(label_names))
@@ -78,23 +79,36 @@ class AbsaClassifier(nn.Module):
             model.config.absa_validation_split = validation_split
         if numeric_labels:
             model.config.absa_numeric_labels = numeric_labels
+        if mixed_precision:
+            model.config.absa_mixed_precision = mixed_precision
         nn.init.normal_(model.classifier.weight, std=getattr(config, "initializer_range", 0.02))
         nn.init.zeros_(model.classifier.bias)
         return model
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, torch_dtype: torch.dtype | None = None) -> "AbsaClassifier":
-        """Reload a folder written by `save_pretrained`."""
-        folder = Path(folder)
-        config_file = folder / "config.json"
-        if not config_file.is_file() or "absa_pooling" not in json.loads(config_file.read_text()):
-            raise SystemExit(f"{folder}: not an ABSA model folder (no config.json with 'absa_pooling'); "
-                             "give the output of finetune_absa.py (its best_model folder)")
-        config = AutoConfig.from_pretrained(folder)
+    def from_pretrained(cls, folder: str | Path, torch_dtype: torch.dtype | None = None,
+                        config=None) -> "AbsaClassifier":
+        """Reload a folder written by `save_pretrained` (`config`: its `read_config`, when already read)."""
+        config = config or cls.read_config(folder)
         encoder = AutoModel.from_config(config, **_encoder_kwargs(config))
         model = cls(encoder, pooling=config.absa_pooling, dropout=0.0)
-        model.load_state_dict(load_file(folder / WEIGHTS_NAME), strict=True)
+        model.load_state_dict(load_file(Path(folder) / WEIGHTS_NAME), strict=True)
         return model.to(torch_dtype) if torch_dtype else model
+
+    @staticmethod
+    def read_config(folder: str | Path):
+        """The config of an ABSA model folder (labels and the records of `from_encoder`), without the weights;
+        anything else is a SystemExit with a one-line reason."""
+        if not Path(folder).is_dir():
+            raise SystemExit(f"{folder}: no such model folder (so not an ABSA model folder)")
+        try:
+            config = AutoConfig.from_pretrained(folder)
+        except (OSError, ValueError):
+            config = None
+        if not hasattr(config, "absa_pooling"):
+            raise SystemExit(f"{folder}: not an ABSA model folder (no config.json with 'absa_pooling'); "
+                             "give the output of finetune_absa.py (its best_model folder)")
+        return config
 
     def save_pretrained(self, folder: str | Path, state_dict: dict | None = None, is_main_process: bool = True):
         """config.json + model.safetensors. Under FSDP pass `accelerator.get_state_dict(model)` (a collective)."""

@@ -22,7 +22,7 @@ Measured, each in its own process started by this one, one after the other (peak
                MiniLM take hours on 2 cores. Its rows/s is not a number to quote.
 rows/s is end to end (rows / wall time of the process: start-up, checking every row, model load, predicting,
 writing); "own rows/s" is the script's summary line (the prediction loop alone). Both paths run with the same
---max_length (128, what finetune_absa.py trains with) and --dtype auto.
+--max_length (128, what finetune_absa.py trains with) and the default precision (the model's, else auto).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Prediction throughput: the Python API's predictor (absa.predict.AbsaPredictor; use_absa.py batches the same way)
+"""Prediction throughput: the Python API's predictor (absa.predictor.AbsaPredictor; use_absa.py runs the same one)
 against the seed's way of predicting. At corpus scale (files of 100k to 10M rows): bench/predict_scale.py.
 
     python bench/predict_throughput.py                                  # a fresh (untrained) MiniLM ABSA model
@@ -10,8 +10,8 @@ offsets and end with one predicted label per input, so tokenization is inside th
              inference_mode), in file order; argmax of the logits.
   product    AbsaPredictor.from_pretrained(model).predict(texts, starts=..., ends=...): batches sorted by length
              and padded per batch, the aspects of one text encoded once (Laptop14 test: 638 aspects in 411
-             texts), torch.inference_mode, dtype "auto" (bf16 autocast where the CPU computes bf16 natively, else
-             fp32); at batch 16 (aspects per batch), at its default batch 64 and at larger batches.
+             texts), torch.no_grad, mixed precision as the model recorded it, else "auto" (bf16 autocast where the
+             CPU computes bf16 natively, else fp32); at batch 16 (aspects per batch), at its default batch 64 and at larger batches.
 Contenders alternate for --rounds rounds in this one process (same threads); each round predicts the whole test set
 once per contender. Reported: predictions/s (total over the rounds), the spread over rounds, the ratio to the seed.
 """
@@ -86,7 +86,7 @@ def main() -> None:
     options = parse_args()
     torch.set_num_threads(options.threads)
     benchlib.quiet_libraries()
-    from absa.predict import AbsaPredictor
+    from absa.predictor import AbsaPredictor
     command = benchlib.command_line()
     print(f"$ {command}", flush=True)
     env = benchlib.environment()
@@ -106,7 +106,7 @@ def main() -> None:
         for batch_size in [int(b) for b in options.batch_sizes.split(",")]:
             predictor = AbsaPredictor.from_pretrained(folder, device="cpu", batch_size=batch_size)
             predictors[batch_size] = predictor
-            name = f"product (AbsaPredictor, {str(predictor.dtype).replace('torch.', '')}, batch {batch_size})"
+            name = f"product (AbsaPredictor, {predictor.describe()}, batch {batch_size})"
             contenders[name] = (lambda p: lambda: np.array([p.label_names.index(r["label"]) for r in
                                                             p.predict(texts, starts=starts, ends=ends)]))(predictor)
         labels = {}

@@ -170,7 +170,7 @@ def run_format(seed: int, dataset: str, input_format: str, extra: list[str], out
 
 def readme_examples(model_dir) -> dict:
     """The README's example sentences: how many the model gets right, and what it says."""
-    from absa.predict import AbsaPredictor
+    from absa.predictor import AbsaPredictor
     predictor = AbsaPredictor.from_pretrained(model_dir, device="cpu")
     said = []
     for text, aspect, occurrence, expected in README_EXAMPLES:

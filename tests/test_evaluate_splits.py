@@ -34,7 +34,8 @@ def exit_message(argv) -> str:
 
 
 def evaluate(model_dir, output_dir, *extra) -> dict:
-    use_absa.main(["evaluate", str(model_dir), "--output_dir", str(output_dir), "--dtype", "fp32", *map(str, extra)])
+    use_absa.main(["evaluate", str(model_dir), "--output_dir", str(output_dir), "--mixed_precision", "no",
+                   *map(str, extra)])
     return json.loads(next(Path(output_dir).glob("evaluation_*.json")).read_text())
 
 
@@ -82,6 +83,15 @@ def notes_of(monkeypatch) -> list[str]:
     notes = []
     monkeypatch.setattr(absa.splits.logger, "warning", lambda message, *args: notes.append(message % args))
     return notes
+
+
+def test_evaluate_defaults_to_the_precision_the_model_was_trained_in(seed_7_run, tmp_path):
+    """Trained with --mixed_precision no: recorded, and evaluate computes in fp32 without being told, also where
+    bf16 is native (where auto would choose bf16)."""
+    output_dir, _ = seed_7_run
+    assert json.loads((output_dir / "best_model" / "config.json").read_text())["absa_mixed_precision"] == "no"
+    use_absa.main(["evaluate", str(output_dir / "best_model"), "--dataset", str(SAMPLE), "--output_dir", str(tmp_path)])
+    assert json.loads(next(tmp_path.glob("evaluation_*.json")).read_text())["mixed_precision"] == "no"
 
 
 def test_a_split_that_does_not_match_the_record_is_refused(seed_7_run, tmp_path, monkeypatch):

@@ -81,7 +81,7 @@ def data(tmp_path):
 def test_each_format_learns_and_use_absa_reproduces_the_test_scores(tiny_model_dirs, data, tmp_path, input_format,
                                                                       family):
     import use_absa
-    from absa.predict import AbsaPredictor
+    from absa.predictor import AbsaPredictor
 
     out = tmp_path / "run"
     results = finetune_absa.main(parse_settings(finetune_absa.Settings, [
@@ -93,13 +93,13 @@ def test_each_format_learns_and_use_absa_reproduces_the_test_scores(tiny_model_d
     assert config["absa_input_format"] == input_format
 
     use_absa.main(["evaluate", str(out / "best_model"), "--dataset", str(data), "--output_dir", str(tmp_path / "eval"),
-                   "--dtype", "fp32"])
+                   "--mixed_precision", "no"])
     evaluated = json.loads((tmp_path / f"eval/evaluation_{data.name}_test.json").read_text())
     assert evaluated["accuracy"] == results["test_accuracy"]
     assert evaluated["loss"] == pytest.approx(results["test"]["loss"], abs=1e-5)
 
     rows = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
-    predictor = AbsaPredictor.from_pretrained(out / "best_model", device="cpu", dtype="fp32")
+    predictor = AbsaPredictor.from_pretrained(out / "best_model", device="cpu", mixed_precision="no")
     assert predictor.input_format == input_format
     probabilities = predictor.predict_probabilities([r["text"] for r in rows], starts=[r["start"] for r in rows],
                                                     ends=[r["end"] for r in rows])

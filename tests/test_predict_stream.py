@@ -23,12 +23,12 @@ from test_use_absa import (absa_dirs, expected, input_jsonl, input_rows, input_s
                            plain_single_process)
 from absa.aspects import encode_aspect_batch
 from absa.model import AbsaClassifier
-from absa.predict import resolve_dtype
+from absa.predictor import resolve_precision
 
 import use_absa
 
 LABEL_COLUMNS = ["predicted_label", "prob_negative", "prob_neutral", "prob_positive"]
-FP32 = ["--dtype", "fp32", "--batch_size", "3"]
+FP32 = ["--mixed_precision", "no", "--batch_size", "3"]
 
 
 def predict(model, source, output, *extra):
@@ -110,7 +110,7 @@ def test_bad_row_in_a_late_chunk_stops_before_the_model_loads(model_dir, absa_di
                                                              monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the input was checked")
-    monkeypatch.setattr(use_absa, "load_absa_model", no_model)
+    monkeypatch.setattr(AbsaClassifier, "from_pretrained", no_model)
     output = tmp_path / "out.csv"
     bad = input_rows + [{"text": "The fan is loud.", "aspect": "keyboard"}]  # line 24, chunk 6 of 6
     message = base.exit_message(["predict", model_dir, "--input", write_input(bad, tmp_path / "bad.jsonl"),
@@ -135,13 +135,13 @@ def test_bad_row_in_a_late_chunk_stops_before_the_model_loads(model_dir, absa_di
 
 SLOW_CHUNKS = """
 import runpy, sys, time
-import absa.streaming as streaming
-write = streaming.write_atomically
+import absa.corpus as corpus
+write = corpus.write_atomically
 def slow(path, data):  # half a chunk file on disk for a while: where a kill lands
     path.with_name(f".{path.name}.tmp").write_bytes(data[:len(data) // 2])
     time.sleep(0.25)
     write(path, data)
-streaming.write_atomically = slow
+corpus.write_atomically = slow
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -210,7 +210,7 @@ def test_two_processes_ambiguous_rows_and_parquet(model_dir, input_rows, tmp_pat
 def test_two_processes_predict_text_prints_once(model_dir, tmp_path):
     output = tmp_path / "lines.csv"
     run = base.run_script(["predict", model_dir, "--text", base.SCREEN_TWICE, "--aspect", "screen", "--aspect",
-                           "battery", "--output", output, "--dtype", "fp32"], launcher=TORCHRUN,
+                           "battery", "--output", output, "--mixed_precision", "no"], launcher=TORCHRUN,
                           ACCELERATE_USE_CPU="true")
     assert run.returncode == 0, run.stderr[-3000:]
     assert len([line for line in run.stdout.splitlines() if "|" in line]) == 2
@@ -226,7 +226,7 @@ def test_two_processes_predict_text_prints_once(model_dir, tmp_path):
     assert "terminate called" not in run.stderr and not (tmp_path / "bad.csv.partial").exists()
 
 
-# --------------------------------------------------------------------------- max_length, dtype
+# --------------------------------------------------------------------------- max_length, precision
 
 
 def test_max_length_defaults_to_the_training_length(tiny_model_dirs, tmp_path, capsys):
@@ -255,7 +255,8 @@ def test_max_length_defaults_to_the_training_length(tiny_model_dirs, tmp_path, c
 
     trained = reference_probabilities(16)
     assert np.abs(trained - reference_probabilities(512)).max() > 1e-3  # the cut matters for this text
-    use_absa.main(["evaluate", str(folder), "--test_file", str(data), "--output_dir", str(tmp_path), "--dtype", "fp32"])
+    use_absa.main(["evaluate", str(folder), "--test_file", str(data), "--output_dir", str(tmp_path),
+                   "--mixed_precision", "no"])
     results = json.loads((tmp_path / f"evaluation_{data.parent.name}_{data.stem}.json").read_text())
     assert results["max_length"] == 16
     gold = np.array([base.LABELS.index(row["label"]) for row in rows])
@@ -274,12 +275,34 @@ def test_from_encoder_records_the_training_length(tiny_model_dirs):
     assert getattr(model.config, "absa_max_length", None) == 16
 
 
+def test_the_training_precision_is_recorded_and_is_the_default(tiny_model_dirs, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "bf16"
+    model = AbsaClassifier.from_encoder(str(tiny_model_dirs["bert"]), base.LABELS, mixed_precision="bf16")
+    model.save_pretrained(folder)
+    base.load_tokenizer(str(tiny_model_dirs["bert"])).save_pretrained(folder)
+    assert json.loads((folder / "config.json").read_text())["absa_mixed_precision"] == "bf16"
+    monkeypatch.setattr("absa.launch.bf16_is_native", lambda device: True)
+    assert base.AbsaPredictor.from_pretrained(folder, device="cpu").mixed_precision == "bf16"
+    assert base.AbsaPredictor.from_pretrained(folder, device="cpu", mixed_precision="no").mixed_precision == "no"
+    # Where bf16 is only emulated, the recorded bf16 falls back to fp32 with a one-line note (an explicit one is
+    # refused: test_bf16_is_refused_where_a_cpu_only_emulates_it).
+    monkeypatch.setattr("absa.launch.bf16_is_native", lambda device: False)
+    with pytest.warns(UserWarning, match="trained in bf16"):
+        assert base.AbsaPredictor.from_pretrained(folder, device="cpu").mixed_precision == "no"
+    use_absa.main(["predict", str(folder), "--text", "The screen is dim.", "--aspect", "screen"])
+    captured = capsys.readouterr()
+    assert "trained in bf16" in captured.err and captured.out.rstrip().endswith(", fp32")
+
+
 def test_explicit_bf16_on_a_gpu_needs_native_bf16(monkeypatch):
     emulated = lambda including_emulation=True: including_emulation  # noqa: E731 - a T4 / V100: emulated only
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", emulated)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
     with pytest.raises(ValueError, match="Tesla T4.*no native bf16"):
-        resolve_dtype("bf16", "cuda")
-    assert resolve_dtype("auto", "cuda") == torch.float32
+        resolve_precision("bf16", None, "cuda")
+    assert resolve_precision("auto", None, "cuda") == ("no", None)
+    precision, note = resolve_precision(None, "bf16", "cuda")  # recorded, not asked for: fp32, with a note
+    assert precision == "no" and "trained in bf16" in note and "Tesla T4" in note
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # an A100
-    assert resolve_dtype("bf16", "cuda") == torch.bfloat16
+    assert resolve_precision("bf16", None, "cuda") == ("bf16", None)
+    assert resolve_precision(None, "bf16", "cuda") == ("bf16", None)

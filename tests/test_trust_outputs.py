@@ -11,7 +11,6 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 import test_use_absa as base
 from test_predict_stream import FP32, LABEL_COLUMNS, predict, read_table, write_input
@@ -19,8 +18,9 @@ from test_use_absa import (absa_dirs, expected, input_jsonl, input_rows, input_s
                            plain_single_process)
 from absa.files import read_rows
 from absa.aspects import resolve_aspect
-from absa.predict import AbsaPredictor, load_absa_model, resolve_dtype
-from absa.streaming import read_chunks
+from absa.model import AbsaClassifier
+from absa.predictor import AbsaPredictor, resolve_precision
+from absa.corpus import read_chunks
 
 import use_absa
 
@@ -63,7 +63,7 @@ def identified(rows) -> list[tuple]:
 @pytest.mark.parametrize("source_suffix", [".jsonl", ".json", ".csv", ".tsv", ".parquet"])
 def test_every_format_pair_round_trips_odd_rows(model_dir, tmp_path, source_suffix):
     source = write_input(ODD_ROWS, tmp_path / f"odd{source_suffix}")
-    predictor = AbsaPredictor.from_pretrained(model_dir, device="cpu", dtype="fp32", batch_size=3)
+    predictor = AbsaPredictor.from_pretrained(model_dir, device="cpu", mixed_precision="no", batch_size=3)
     api = predictor.predict([t for t, _, _ in ODD_SPANS], starts=[s for _, s, _ in ODD_SPANS],
                             ends=[e for _, _, e in ODD_SPANS])
     with pytest.warns(UserWarning, match="in 1 input.*first: input 3.*occurs more than once"):  # TWICE
@@ -115,7 +115,7 @@ def test_api_pairs_pandas_series_by_position(model_dir):
         ("The keyboard is bad, the fan is loud", 4, 12), ("The fan is loud, the keyboard is bad", 4, 7)]])
     shuffled = frame.sort_values("aspect")  # index 4, 5, 2, 1, 0 ...: not 0..n-1
     assert list(shuffled.index) != list(range(len(frame)))
-    predictor = AbsaPredictor.from_pretrained(model_dir, device="cpu", dtype="fp32")
+    predictor = AbsaPredictor.from_pretrained(model_dir, device="cpu", mixed_precision="no")
     by_position = predictor.predict(shuffled.text, shuffled.aspect)
     as_lists = predictor.predict(list(shuffled.text), list(shuffled.aspect))
     assert by_position == as_lists
@@ -153,7 +153,7 @@ def test_output_paths_are_checked_before_any_work(model_dir, input_jsonl, tmp_pa
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the output was checked")
-    monkeypatch.setattr(use_absa, "load_absa_model", no_model)
+    monkeypatch.setattr(AbsaClassifier, "from_pretrained", no_model)
     for argv, problem in [
             (["predict", model_dir, "--input", input_jsonl, "--output", folder, "--overwrite"],
              "adir.jsonl is a folder"),
@@ -163,7 +163,7 @@ def test_output_paths_are_checked_before_any_work(model_dir, input_jsonl, tmp_pa
              "cannot write in")]:
         assert problem in base.exit_message(argv), argv
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.jsonl", "afile"] and not any(folder.iterdir())
-    monkeypatch.setattr(use_absa, "load_absa_model", load_absa_model)
+    monkeypatch.undo()
     use_absa.main([str(a) for a in ["predict", model_dir, *text, "--output", tmp_path / "new" / "deeper" / "x.jsonl"]])
     assert base.read_jsonl(tmp_path / "new" / "deeper" / "x.jsonl")[0]["aspect"] == "screen"
 
@@ -173,7 +173,7 @@ def test_max_length_beyond_the_position_table_is_refused(absa_dirs, tmp_path, ca
     for family, positions in [("roberta", 128), ("bert", 128)]:
         message = base.exit_message(["predict", absa_dirs[family], "--text", long_text, "--aspect", "screen",
                                      "--max_length", positions + 1])
-        assert f"--max_length: max_length {positions + 1} is more tokens than this encoder has positions for " \
+        assert f"{absa_dirs[family]}: max_length {positions + 1} is more tokens than this encoder has positions for " \
                f"({positions})" in message
         use_absa.main(["predict", str(absa_dirs[family]), "--text", long_text, "--aspect", "screen", "--max_length",
                        str(positions), *FP32])  # the limit itself fits (RoBERTa's positions start at 2)
@@ -186,14 +186,14 @@ def test_max_length_beyond_the_position_table_is_refused(absa_dirs, tmp_path, ca
 
 
 def test_bf16_is_refused_where_a_cpu_only_emulates_it(model_dir, monkeypatch):
-    monkeypatch.setattr("absa.predict.bf16_is_native", lambda device: False)
+    monkeypatch.setattr("absa.launch.bf16_is_native", lambda device: False)
     with pytest.raises(ValueError, match="this CPU .*no native bf16"):
-        resolve_dtype("bf16", "cpu")
-    assert resolve_dtype("auto", "cpu") == torch.float32
-    assert "--dtype bf16: this CPU" in base.exit_message(["predict", model_dir, "--text", "The screen is dim.",
-                                                          "--aspect", "screen", "--dtype", "bf16"])
-    monkeypatch.setattr("absa.predict.bf16_is_native", lambda device: True)
-    assert resolve_dtype("bf16", "cpu") == torch.bfloat16
+        resolve_precision("bf16", None, "cpu")
+    assert resolve_precision("auto", None, "cpu") == ("no", None)
+    assert "mixed_precision bf16: this CPU" in base.exit_message(["predict", model_dir, "--text", "The screen is dim.",
+                                                                  "--aspect", "screen", "--mixed_precision", "bf16"])
+    monkeypatch.setattr("absa.launch.bf16_is_native", lambda device: True)
+    assert resolve_precision("bf16", None, "cpu") == ("bf16", None)
 
 
 def test_empty_or_broken_spans_are_named(model_dir, tmp_path):
@@ -241,18 +241,18 @@ def test_evaluations_of_different_data_do_not_collide(model_dir, tmp_path, capsy
 def test_predict_places_the_aspect_at_every_span_as_evaluate_does(absa_dirs, tmp_path):
     from absa.aspects import AspectCollator
     from absa.aspects import AspectSpan
-    from absa.predict import encode_spans, softmax
+    from absa.predictor import softmax
 
     text = "obama is back, really? obama yes"
     rows = [{"text": text, "aspect": "obama", "spans": [[23, 28], [0, 5]], "label": "positive"},
             {"text": text, "aspect": "obama", "label": "positive"}]
     model_dir = absa_dirs["bert"]  # a model to which the second mention matters (checked below)
-    model, tokenizer = load_absa_model(model_dir)
+    predictor = AbsaPredictor.from_pretrained(model_dir, device="cpu", mixed_precision="no", max_length=128)
 
     def direct(span):
-        batch = AspectCollator(tokenizer)(encode_spans(tokenizer, [span], 128))
+        batch = AspectCollator(predictor.tokenizer)(predictor.encode([span]))
         batch.pop("labels")
-        return softmax(model(**batch).detach().numpy())[0]
+        return softmax(predictor.model(**batch).detach().numpy())[0]
     both, first = direct(AspectSpan(text, 0, 5, spans=((0, 5), (23, 28)))), direct(AspectSpan(text, 0, 5))
     assert np.abs(both - first).max() > 0.1
     for suffix in (".jsonl", ".parquet"):

@@ -72,7 +72,7 @@ def test_use_absa_evaluates_doubled_targets_as_training_did(tiny_model_dirs, twi
 
     results = train(tiny_model_dirs["bert"], twitter_folder, tmp_path / "run")
     use_absa.main(["evaluate", str(tmp_path / "run" / "best_model"), "--dataset", str(twitter_folder),
-                   "--output_dir", str(tmp_path / "eval"), "--dtype", "fp32"])
+                   "--output_dir", str(tmp_path / "eval"), "--mixed_precision", "no"])
     evaluated = json.loads((tmp_path / "eval" / f"evaluation_{twitter_folder.name}_test.json").read_text())
     assert evaluated["loss"] == pytest.approx(results["test"]["loss"], abs=1e-5)
 

@@ -1,4 +1,4 @@
-"""use_absa.py and absa/predict.py, offline on tiny models.
+"""use_absa.py and absa/predictor.py, offline on tiny models.
 
 Predictions must be the same whichever way they are made: the script on a file (one process, and two CPU
 processes under torchrun), the Python API, and a plain forward pass of the model on one example at a time.
@@ -26,7 +26,7 @@ from absa.encoders import load_tokenizer  # noqa: E402
 from absa.model import AbsaClassifier  # noqa: E402
 from absa.aspects import AspectError, parse_marked_text
 from absa.data import resolve_aspect  # noqa: E402
-from absa.predict import AbsaPredictor  # noqa: E402
+from absa.predictor import AbsaPredictor  # noqa: E402
 
 LABELS = ["negative", "neutral", "positive"]
 FAMILIES = ("bert", "roberta", "xlm-roberta", "deberta-v2", "electra")
@@ -127,7 +127,7 @@ def direct_probabilities(folder, spans) -> np.ndarray:
 @pytest.fixture(scope="module")
 def expected(model_dir, input_spans) -> dict:
     """Predictions for the input rows from the Python API (fp32) and from the plain forward pass."""
-    predictor = AbsaPredictor.from_pretrained(model_dir, device="cpu", batch_size=4, dtype="fp32")
+    predictor = AbsaPredictor.from_pretrained(model_dir, device="cpu", batch_size=4, mixed_precision="no")
     api = predictor.predict([t for t, _, _ in input_spans], starts=[s for _, s, _ in input_spans],
                             ends=[e for _, _, e in input_spans])
     direct = direct_probabilities(model_dir, input_spans)
@@ -173,7 +173,7 @@ def check_against_expected(rows, input_rows, input_spans, expected):
 def one_process_run(model_dir, input_jsonl, tmp_path_factory):
     output = tmp_path_factory.mktemp("one_process") / "predictions.jsonl"
     run = run_script(["predict", model_dir, "--input", input_jsonl, "--output", output, "--batch_size", 4,
-                      "--dtype", "fp32", "--chunk_size", 5])
+                      "--mixed_precision", "no", "--chunk_size", 5])
     assert run.returncode == 0, run.stderr[-3000:]
     return run, read_jsonl(output), output
 
@@ -230,22 +230,22 @@ def test_api_matches_forward_pass_for_every_family(absa_dirs, input_spans, famil
     spans = input_spans[:8]
     texts, starts, ends = ([s[i] for s in spans] for i in range(3))
     direct = direct_probabilities(absa_dirs[family], spans)
-    predictor = AbsaPredictor.from_pretrained(absa_dirs[family], device="cpu", batch_size=5, dtype="fp32")
+    predictor = AbsaPredictor.from_pretrained(absa_dirs[family], device="cpu", batch_size=5, mixed_precision="no")
     probabilities = predictor.predict_probabilities(texts, starts=starts, ends=ends)
     np.testing.assert_allclose(probabilities, direct, atol=1e-5)
     results = predictor.predict(texts, starts=starts, ends=ends)
     assert [r["label"] for r in results] == [LABELS[i] for i in direct.argmax(axis=1)]
     assert [r["aspect"] for r in results] == [t[s:e] for t, s, e in spans]
     # bf16 autocast runs for every family (DeBERTa's relative attention included) and stays close to fp32
-    # (here also where this CPU only emulates bf16, which --dtype bf16 refuses).
-    monkeypatch.setattr("absa.predict.bf16_is_native", lambda device: True)
-    bf16 = AbsaPredictor(predictor.model, predictor.tokenizer, device="cpu", batch_size=5, dtype="bf16")
-    assert bf16.dtype == torch.bfloat16
+    # (here also where this CPU only emulates bf16, which an explicit --mixed_precision bf16 refuses).
+    monkeypatch.setattr("absa.launch.bf16_is_native", lambda device: True)
+    bf16 = AbsaPredictor.from_pretrained(absa_dirs[family], device="cpu", batch_size=5, mixed_precision="bf16")
+    assert bf16.mixed_precision == "bf16"
     np.testing.assert_allclose(bf16.predict_probabilities(texts, starts=starts, ends=ends), direct, atol=0.1)
 
 
 def test_api_finds_aspects_like_the_script(model_dir, expected):
-    predictor = AbsaPredictor.from_pretrained(model_dir, device="cpu", dtype="fp32")
+    predictor = AbsaPredictor.from_pretrained(model_dir, device="cpu", mixed_precision="no")
     found = predictor.predict([SCREEN_TWICE, "The [B-ASP]keyboard[E-ASP] feels cheap."], ["screen", None],
                               occurrence=2)
     assert [(r["aspect"], r["start"]) for r in found] == [("screen", SCREEN_TWICE.rindex("screen")), ("keyboard", 4)]
@@ -269,7 +269,7 @@ def test_two_cpu_processes_give_the_same_outputs_in_input_order(one_process_run,
                                                                 input_spans, expected, tmp_path):
     output = tmp_path / "predictions.jsonl"
     run = run_script(["predict", model_dir, "--input", input_jsonl, "--output", output, "--batch_size", 4,
-                      "--dtype", "fp32", "--chunk_size", 5], launcher=("-m", "torch.distributed.run", "--standalone",
+                      "--mixed_precision", "no", "--chunk_size", 5], launcher=("-m", "torch.distributed.run", "--standalone",
                                                     "--nproc_per_node", "2"), ACCELERATE_USE_CPU="true")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "with 2 process(es)" in run.stdout  # a real group of two, not two copies of one
@@ -278,12 +278,27 @@ def test_two_cpu_processes_give_the_same_outputs_in_input_order(one_process_run,
     assert output.read_bytes() == one_process_run[2].read_bytes()  # each chunk is predicted whole by one process
 
 
+@pytest.mark.multiprocess
+def test_two_cpu_processes_evaluate_every_example_once(model_dir, tmp_path):
+    """15 batches of 7 for 100 examples: the processes share them unevenly, and gather_for_metrics drops the padding
+    copies, so the scores are those of one process."""
+    argv = ["evaluate", model_dir, "--test_file", SAMPLE / "test.jsonl", "--mixed_precision", "no", "--batch_size", 7]
+    one = run_script([*argv, "--output_dir", tmp_path / "one"])
+    two = run_script([*argv, "--output_dir", tmp_path / "two"], launcher=("-m", "torch.distributed.run",
+                     "--standalone", "--nproc_per_node", "2"), ACCELERATE_USE_CPU="true")
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
+    one, two = (json.loads((tmp_path / run / "evaluation_sample_laptops_test.json").read_text()) for run in ("one", "two"))
+    assert (one["num_processes"], two["num_processes"], two["examples"]) == (1, 2, 100)
+    assert two["confusion_matrix"] == one["confusion_matrix"] and two["accuracy"] == one["accuracy"]
+    assert two["loss"] == pytest.approx(one["loss"], abs=1e-6)
+
+
 def test_predict_csv_in_process(model_dir, input_rows, input_spans, expected, tmp_path, capsys):
     source = tmp_path / "reviews.csv"
     pd.DataFrame(input_rows).to_csv(source, index=False)  # missing values become empty cells
     output = tmp_path / "out" / "predictions.csv"
     use_absa.main(["predict", str(model_dir), "--input", str(source), "--output", str(output), "--batch_size", "4",
-                   "--dtype", "fp32"])
+                   "--mixed_precision", "no"])
     rows = pd.read_csv(output, keep_default_na=False).to_dict("records")
     check_against_expected(rows, input_rows, input_spans, expected)
     assert list(rows[0])[-4:] == ["predicted_label", "prob_negative", "prob_neutral", "prob_positive"]
@@ -294,14 +309,14 @@ def test_predict_csv_in_process(model_dir, input_rows, input_spans, expected, tm
     ambiguous.write_text(json.dumps({"text": SCREEN_TWICE, "aspect": "screen"}) + "\n")
     capsys.readouterr()
     use_absa.main(["predict", str(model_dir), "--input", str(ambiguous), "--output", str(tmp_path / "a.jsonl"),
-                   "--dtype", "fp32"])
+                   "--mixed_precision", "no"])
     assert read_jsonl(tmp_path / "a.jsonl")[0]["start"] == 4
     assert "ambiguous.jsonl: in 1 row(s) (first: line 1) the aspect occurs more than once" in capsys.readouterr().err
 
 
 def test_evaluate_writes_json_and_png(model_dir, tmp_path, capsys):
     use_absa.main(["evaluate", str(model_dir), "--dataset", str(SAMPLE), "--output_dir", str(tmp_path),
-                   "--dtype", "fp32"])
+                   "--mixed_precision", "no"])
     printed = capsys.readouterr().out
     assert "accuracy" in printed and "macro-F1" in printed and "confusion matrix" in printed
     results = json.loads((tmp_path / "evaluation_sample_laptops_test.json").read_text())
@@ -313,12 +328,12 @@ def test_evaluate_writes_json_and_png(model_dir, tmp_path, capsys):
 
     # The same numbers from the API, and from the test file given alone.
     rows = [json.loads(line) for line in (SAMPLE / "test.jsonl").read_text().splitlines()]
-    predictor = AbsaPredictor.from_pretrained(model_dir, device="cpu", dtype="fp32")
+    predictor = AbsaPredictor.from_pretrained(model_dir, device="cpu", mixed_precision="no")
     predicted = [p["label"] for p in predictor.predict([r["text"] for r in rows], starts=[r["start"] for r in rows],
                                                         ends=[r["end"] for r in rows])]
     assert results["accuracy"] == pytest.approx(np.mean([p == r["label"] for p, r in zip(predicted, rows)]))
     use_absa.main(["evaluate", str(model_dir), "--test_file", str(SAMPLE / "test.jsonl"), "--output_dir",
-                   str(tmp_path / "alone"), "--dtype", "fp32"])
+                   str(tmp_path / "alone"), "--mixed_precision", "no"])
     alone = json.loads((tmp_path / "alone" / "evaluation_sample_laptops_test.json").read_text())
     assert alone["accuracy"] == results["accuracy"] and alone["confusion_matrix"] == results["confusion_matrix"]
 
@@ -327,7 +342,7 @@ def test_predict_command_line(model_dir, expected, tmp_path, capsys):
     marked = "The [B-ASP]screen[E-ASP] is dim but the [B-ASP]battery[E-ASP] lasts; the screen is huge."
     output = tmp_path / "lines.jsonl"
     use_absa.main(["predict", str(model_dir), "--text", SCREEN_TWICE, "--aspect", "battery", "--aspect", "screen",
-                   "--text", marked, "--dtype", "fp32", "--output", str(output)])
+                   "--text", marked, "--mixed_precision", "no", "--output", str(output)])
     captured = capsys.readouterr()
     lines = [line for line in captured.out.splitlines() if "|" in line]
     assert len(lines) == 4 and lines[0].startswith("battery: ") and "[battery]" in lines[0]
@@ -335,7 +350,7 @@ def test_predict_command_line(model_dir, expected, tmp_path, capsys):
     rows = read_jsonl(output)
     assert [(r["aspect"], r["start"]) for r in rows] == [("battery", 26), ("screen", 4), ("screen", 4),
                                                          ("battery", 26)]
-    predictor = AbsaPredictor.from_pretrained(model_dir, device="cpu", dtype="fp32")
+    predictor = AbsaPredictor.from_pretrained(model_dir, device="cpu", mixed_precision="no")
     with pytest.warns(UserWarning, match="first: input 2"):  # SCREEN_TWICE has two screens
         api = predictor.predict([SCREEN_TWICE] * 2, ["battery", "screen"])
     assert [r["predicted_label"] for r in rows[:2]] == [p["label"] for p in api]
@@ -343,7 +358,7 @@ def test_predict_command_line(model_dir, expected, tmp_path, capsys):
 
     # --occurrence picks the second "screen": the same prediction as the file row that asked for it.
     use_absa.main(["predict", str(model_dir), "--text", SCREEN_TWICE, "--aspect", "screen", "--occurrence", "2",
-                   "--dtype", "fp32", "--output", str(tmp_path / "second.jsonl")])
+                   "--mixed_precision", "no", "--output", str(tmp_path / "second.jsonl")])
     second = read_jsonl(tmp_path / "second.jsonl")
     assert second[0]["start"] == SCREEN_TWICE.rindex("screen")
     assert second[0]["predicted_label"] == expected["labels"][20]
@@ -397,7 +412,7 @@ def test_bad_input_is_one_line(model_dir, tiny_model_dirs, tmp_path):
 def test_existing_output_needs_overwrite(model_dir, input_jsonl, tmp_path, monkeypatch):
     output = tmp_path / "predictions.jsonl"
     output.write_text("keep me\n")
-    argv = ["predict", model_dir, "--input", input_jsonl, "--output", output, "--dtype", "fp32"]
+    argv = ["predict", model_dir, "--input", input_jsonl, "--output", output, "--mixed_precision", "no"]
     assert "already exists; pass --overwrite" in exit_message(argv)
     assert output.read_text() == "keep me\n"
     evaluated = ["evaluate", model_dir, "--test_file", SAMPLE / "test.jsonl", "--output_dir", tmp_path]
@@ -406,7 +421,7 @@ def test_existing_output_needs_overwrite(model_dir, input_jsonl, tmp_path, monke
 
     # --overwrite replaces the file only when the new one is complete: a run that dies on its second chunk (of 3)
     # leaves the old file as it was.
-    from absa.streaming import PartialOutput
+    from absa.corpus import PartialOutput
     original = PartialOutput.write_chunk
 
     def die_on_second_chunk(self, index, data):
