@@ -222,7 +222,7 @@ def main(settings: Settings) -> dict:
 
     results = {"test_split": test_split, "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
                "test": test, "validation_split": splits.validation_split,
-               **run_summary(accelerator, run, settings, started)}
+               **run_summary(accelerator, run, settings, started, checkpoint)}
     if accelerator.is_main_process:
         write_json(output_dir / "results.json", results)
         plot_confusion_matrix(test["confusion_matrix"], settings.label_names, output_dir / "confusion_matrix.png")

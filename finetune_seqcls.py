@@ -37,7 +37,8 @@ from absa.encoders import load_pretrained, load_tokenizer, loading_error, make_f
 from absa.files import NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError, write_atomically
 from absa.metrics import (best_threshold, is_better, multi_label_metrics, regression_metrics, scalar_metrics,
                           single_label_metrics)
-from absa.reports import plot_confusion_matrix, plot_curves, report_evaluation, run_summary, write_json, write_jsonl
+from absa.reports import (plot_confusion_matrix, plot_curves, report_evaluation, run_summary, write_json,
+                          write_jsonl)
 from absa.settings import TrainingSettings, parse_settings
 from absa.text_data import ALL_METRICS, PROBLEM_TYPES, TASK_METRICS, TASKS, encode_text_splits, load_text_data
 from absa.text_predictions import (labelled_prediction_rows, predict_only, prediction_inputs, prediction_loader,
@@ -308,7 +309,7 @@ def main(settings: Settings) -> dict:
         "test_split": test_split, **{f"test_{k}": v for k, v in scalar_metrics(test).items()}, "test": test,
         **({"threshold": threshold, "threshold_tuned": bool(settings.tune_threshold), "validation_at_threshold": tuned}
            if data.task == "multi_label" else {}),
-        **run_summary(accelerator, run, settings, started),
+        **run_summary(accelerator, run, settings, started, checkpoint),
     }
     if accelerator.is_main_process:
         write_json(output_dir / "results.json", results)

@@ -19,11 +19,8 @@ CHECKPOINTS = "checkpoints"
 
 
 def prepare_output_dir(accelerator: Accelerator, settings) -> tuple[Path, str | None]:
-    """The run folder and the checkpoint to resume from (None: start); refuses to start over a run unless asked.
-
-    Decided on the main process and shared, so every process resumes from the same checkpoint or stops with the
-    same message. One seed of several resumed with `latest` starts when it has no checkpoint yet.
-    """
+    """The run folder and the checkpoint to resume from (None: start afresh). Decided on the main process and
+    shared: every process resumes from the same checkpoint, or stops with the same message."""
     output_dir = Path(settings.output_dir)
     decision = [None, None]  # (checkpoint, refusal)
     if accelerator.is_main_process:
@@ -39,10 +36,11 @@ def prepare_output_dir(accelerator: Accelerator, settings) -> tuple[Path, str | 
 
 
 def check_output_dir(output_dir: Path, settings) -> list:
+    """[checkpoint, refusal]: a run is not started over unless asked, nor over the model it starts from."""
     holds_run = (output_dir / "results.json").exists() or (output_dir / CHECKPOINTS).exists()
     checkpoint = None
     if settings.resume_from_checkpoint == "latest" and settings.seeds and not checkpoints_in(output_dir) \
-            and not (output_dir / "results.json").exists():
+            and not (output_dir / "results.json").exists():  # one seed of several that had not begun
         print(f"{output_dir}: no checkpoint yet, this seed starts from the beginning")
     elif settings.resume_from_checkpoint:
         checkpoint = str(find_checkpoint(output_dir, settings.resume_from_checkpoint))
@@ -156,12 +154,9 @@ def resume_message(accelerator: Accelerator, settings, run, checkpoint: str, tra
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> None:
-    """`save_state` into a temporary folder, renamed when complete; keep the `keep` newest checkpoints.
-
-    The best model so far goes in too, linked: resuming puts it back. Temporary folders a crash left behind are
-    removed first; so are checkpoints newer than this one, of the run an earlier checkpoint was resumed from
-    (`latest` would take them after the next crash, and rotation would delete this run's checkpoints first).
-    """
+    """`save_state` into a temporary folder, renamed when complete, with the best model so far linked in (resuming
+    puts it back); the `keep` newest are kept. Checkpoints newer than this one are of the run an earlier checkpoint
+    was resumed from: `latest` would take them after a crash, so they go too."""
     checkpoints = output_dir / CHECKPOINTS
     folder = checkpoints / f"step_{step:07d}"
     temporary = folder.with_name(folder.name + ".tmp")

@@ -49,9 +49,9 @@ def report_evaluation(accelerator, history: list[dict], output_dir: Path) -> Non
         tqdm.write(f"epoch {row['epoch']} step {row['step']}: {shown}{'  (best)' if row['is_best'] else ''}")
 
 
-def run_summary(accelerator, run, settings, started: float) -> dict:
-    """The fields of results.json both scripts share: model selection, progress, speed, settings, versions.
-    Epochs count from 1 everywhere (best_epoch, validation_history)."""
+def run_summary(accelerator, run, settings, started: float, resumed_from: str | None) -> dict:
+    """The fields of results.json both scripts share: model selection, progress, speed, the checkpoint resumed
+    from, settings, versions. Epochs count from 1 everywhere (best_epoch, validation_history)."""
     import accelerate
     import datasets
     import transformers
@@ -64,7 +64,7 @@ def run_summary(accelerator, run, settings, started: float) -> dict:
         "train_seconds": run.train_seconds, "wall_seconds": time.time() - started,
         "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
         "distributed_type": str(accelerator.distributed_type), "validation_history": run.history,
-        "settings": asdict(settings),
+        "resumed_from": resumed_from, "settings": asdict(settings),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "accelerate": accelerate.__version__,
                      "datasets": datasets.__version__},
@@ -90,9 +90,8 @@ def plot_curves(history: list[dict], path, metrics=("loss", "accuracy", "macro_f
         steps = [row["step"] for row in history if metric in row]
         axis.plot(steps, [row[metric] for row in history if metric in row], marker="o", label=f"validation {metric}")
         if metric == "loss":
-            axis.plot([r["step"] for r in history if "train_loss" in r], [r["train_loss"] for r in history
-                                                                          if "train_loss" in r], marker=".",
-                      label="train loss")
+            trained = [row for row in history if "train_loss" in row]
+            axis.plot([r["step"] for r in trained], [r["train_loss"] for r in trained], marker=".", label="train loss")
         axis.set_xlabel("optimizer step")
         axis.set_title(metric)
         axis.legend()
