@@ -1,12 +1,11 @@
 """What a run reports, each file written whole or not at all: the validation rows as they come (console,
-metrics.jsonl, trackers), results.json, PNG plots, and the summary of several seeds."""
+metrics.jsonl, trackers), results.json and PNG plots."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
-import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -65,9 +64,8 @@ def run_summary(accelerator, run, settings, started: float, resumed_from: str | 
         "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
         "distributed_type": str(accelerator.distributed_type), "validation_history": run.history,
         "resumed_from": resumed_from, "settings": asdict(settings),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "accelerate": accelerate.__version__,
-                     "datasets": datasets.__version__},
+        "versions": {"python": platform.python_version(),
+                     **{module.__name__: module.__version__ for module in (torch, transformers, accelerate, datasets)}},
     }
 
 
@@ -105,14 +103,3 @@ def _save_figure(figure, path) -> None:
     figure.savefig(temporary, dpi=120)
     plt.close(figure)
     os.replace(temporary, path)
-
-
-def summarize_seeds(results: list[dict], keys) -> dict:
-    """Mean, min and max of each key over the runs of several seeds (like the seed tutorial's results table)."""
-    summary = {}
-    for key in keys:
-        values = [run[key] for run in results if run.get(key) is not None]
-        if values:
-            summary[key] = {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
-                            "values": values}
-    return summary

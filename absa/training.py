@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import statistics
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,7 +17,7 @@ from accelerate.utils import GradientAccumulationPlugin, parse_flag_from_env, re
 
 from .launch import (check_distributed_setup, check_shared_output_dir, end_run, keep_freed_memory,
                      resolve_mixed_precision)
-from .reports import summarize_seeds, write_json
+from .reports import write_json
 from .settings import TrainingSettings
 
 
@@ -182,7 +183,11 @@ def run_for_seeds(main, settings: TrainingSettings, keys) -> list[dict]:
         # seeds=[seed]: one seed of several (`prepare_output_dir` lets one without a checkpoint start)
         runs = [main(replace(settings, seed=seed, seeds=[seed],
                              output_dir=str(Path(settings.output_dir) / f"seed_{seed}"))) for seed in settings.seeds]
-        summary = summarize_seeds(runs, keys)
+        summary = {}
+        for key in keys:  # the keys a task reports (seqcls: accuracy or pearson, ...)
+            values = [run[key] for run in runs if run.get(key) is not None]
+            if values:
+                summary[key] = {"mean": statistics.fmean(values), "min": min(values), "max": max(values), "values": values}
         if PartialState().is_main_process:  # the Accelerator exists by now
             write_json(Path(settings.output_dir) / "seeds_summary.json", {"seeds": settings.seeds, **summary})
             for key, values in summary.items():
