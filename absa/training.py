@@ -187,7 +187,8 @@ def run_for_seeds(main, settings: TrainingSettings, keys) -> list[dict]:
         for key in keys:  # the keys a task reports (seqcls: accuracy or pearson, ...)
             values = [run[key] for run in runs if run.get(key) is not None]
             if values:
-                summary[key] = {"mean": statistics.fmean(values), "min": min(values), "max": max(values), "values": values}
+                summary[key] = {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
+                                "values": values}
         if PartialState().is_main_process:  # the Accelerator exists by now
             write_json(Path(settings.output_dir) / "seeds_summary.json", {"seeds": settings.seeds, **summary})
             for key, values in summary.items():
