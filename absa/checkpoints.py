@@ -22,21 +22,22 @@ def prepare_output_dir(accelerator: Accelerator, settings) -> tuple[Path, str | 
     """The run folder and the checkpoint to resume from (None: start afresh). Decided on the main process and
     shared: every process resumes from the same checkpoint, or stops with the same message."""
     output_dir = Path(settings.output_dir)
-    decision = [None, None]  # (checkpoint, refusal)
+    checkpoint = refusal = None
     if accelerator.is_main_process:
         recover_folder(output_dir / BEST_MODEL)
         try:
-            decision = check_output_dir(output_dir, settings)
-        except SystemExit as refusal:
-            decision = [None, str(refusal)]
-    checkpoint, refusal = broadcast_object_list(decision)
+            checkpoint = find_resume_checkpoint(output_dir, settings)
+        except SystemExit as error:
+            refusal = str(error)
+    checkpoint, refusal = broadcast_object_list([checkpoint, refusal])
     if refusal:
         raise SystemExit(refusal)
     return output_dir, checkpoint
 
 
-def check_output_dir(output_dir: Path, settings) -> list:
-    """[checkpoint, refusal]: a run is not started over unless asked, nor over the model it starts from."""
+def find_resume_checkpoint(output_dir: Path, settings) -> str | None:
+    """The checkpoint `--resume_from_checkpoint` names; refuses to start over a run unless asked, or over the
+    model the run starts from."""
     holds_run = (output_dir / "results.json").exists() or (output_dir / CHECKPOINTS).exists()
     checkpoint = None
     if settings.resume_from_checkpoint == "latest" and settings.seeds and not checkpoints_in(output_dir) \
@@ -45,18 +46,18 @@ def check_output_dir(output_dir: Path, settings) -> list:
     elif settings.resume_from_checkpoint:
         checkpoint = str(find_checkpoint(output_dir, settings.resume_from_checkpoint))
         if not own_checkpoint(output_dir, checkpoint) and holds_run and not settings.overwrite_output_dir:
-            return [checkpoint, f"{output_dir} already holds a run, and {checkpoint} is not one of its checkpoints; "
-                                "pass --overwrite_output_dir to replace that run, or give another --output_dir"]
+            raise SystemExit(f"{output_dir} already holds a run, and {checkpoint} is not one of its checkpoints; "
+                             "pass --overwrite_output_dir to replace that run, or give another --output_dir")
     elif holds_run and not settings.overwrite_output_dir:
-        return [None, f"{output_dir} already holds a run; pass --overwrite_output_dir to replace it, or "
-                      "--resume_from_checkpoint latest to continue it"]
+        raise SystemExit(f"{output_dir} already holds a run; pass --overwrite_output_dir to replace it, or "
+                         "--resume_from_checkpoint latest to continue it")
     model = Path(settings.model_name_or_path).resolve()
     if not (checkpoint and own_checkpoint(output_dir, checkpoint)) and any(
             model == path or path in model.parents for path in map(Path.resolve, previous_run(output_dir))):
-        return [checkpoint, f"--model_name_or_path {settings.model_name_or_path} is in what --overwrite_output_dir "
-                            f"removes from {output_dir} before the model is read; copy it out of there first, or "
-                            "give another --output_dir"]
-    return [checkpoint, None]
+        raise SystemExit(f"--model_name_or_path {settings.model_name_or_path} is in what --overwrite_output_dir "
+                         f"removes from {output_dir} before the model is read; copy it out of there first, or give "
+                         "another --output_dir")
+    return checkpoint
 
 
 def previous_run(output_dir: Path) -> list[Path]:
