@@ -109,8 +109,7 @@ class RunState:
     def _fold_train_loss(self) -> float:
         # Each process's sum becomes the mean over processes (the same on all), which a resumed run on any number
         # of processes goes on adding to.
-        state = PartialState()
-        local = torch.tensor(self.train_loss_sum, dtype=torch.float32, device=state.device)
+        local = torch.tensor(self.train_loss_sum, dtype=torch.float32, device=PartialState().device)
         if self._loss_sum is not None:
             local = local + self._loss_sum.float()
         self.train_loss_sum, self._loss_sum = reduce(local, "mean").item(), None
