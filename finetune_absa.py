@@ -21,28 +21,28 @@ import datasets
 import numpy as np
 import torch
 import transformers
+from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
 from absa.aspects import INPUT_FORMATS, AspectCollator, encode_absa_splits
 from absa.batches import make_dataloaders
+from absa.checkpoints import (BEST_MODEL, check_resume, clear_output_dir, load_best_weights, prepare_output_dir,
+                              resume_message, save_best_model, save_checkpoint)
 from absa.data import DEFAULT_LABELS, load_absa_splits
 from absa.encoders import load_tokenizer
 from absa.files import NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError
-from absa.metrics import single_label_metrics
+from absa.metrics import is_better, scalar_metrics, single_label_metrics
 from absa.model import POOLINGS, AbsaClassifier
-from absa.reports import plot_confusion_matrix, plot_curves, write_json
-from absa.training import (BEST_MODEL, RunState, TrainingSettings, check_resume, clear_output_dir, finish_run,
-                           linear_schedule, load_best_weights, make_accelerator, optimizer_steps, parse_settings,
-                           prepare_output_dir, report_evaluation, resume_message, run_for_seeds, run_summary,
-                           save_best_model, save_checkpoint)
+from absa.reports import plot_confusion_matrix, plot_curves, report_evaluation, run_summary, write_json
+from absa.settings import TrainingSettings, parse_settings
+from absa.training import RunState, finish_run, linear_schedule, make_accelerator, optimizer_steps, run_for_seeds
 
 METRICS = ("loss", "accuracy", "macro_f1", "macro_precision", "macro_recall")
 
 
 @dataclass
 class Settings(TrainingSettings):
-    # The seed tutorial's recipe; every value can be overridden on the command line.
-    model_name_or_path: str = "roberta-base"
+    # The seed tutorial's recipe (with the shared defaults); every value can be overridden on the command line.
     dataset: str = field(default="yqzheng/semeval2014_laptops", metadata={"help": "Hub name or local folder "
                          "(train / test files: JSONL, CSV, Parquet, SemEval XML or $T$ format)."})
     train_file: str | None = None
@@ -60,10 +60,7 @@ class Settings(TrainingSettings):
     metric_for_best_model: str = field(default="loss", metadata={"choices": METRICS})
     output_dir: str = "runs/absa"
     learning_rate: float = 1e-5
-    per_device_batch_size: int = 16
-    warmup_steps: int = 100
     num_epochs: int = 8
-    early_stopping_patience: int = 3
     max_length: int = 128
     # bf16 autocast where the hardware computes bf16 natively (an accelerate config's choice wins): the same
     # validation loss as fp32 on Laptop14 (bench/README.md).
@@ -87,7 +84,7 @@ def evaluate(accelerator, model, loader) -> tuple[np.ndarray, np.ndarray]:
 def main(settings: Settings) -> dict:
     started = time.time()
     accelerator = make_accelerator(settings)
-    output_dir = prepare_output_dir(accelerator, settings)  # refuses to overwrite a run; finds the checkpoint
+    output_dir, checkpoint = prepare_output_dir(accelerator, settings)  # refuses to overwrite a run
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()  # the "unused pooler weights" load report is expected
 
@@ -105,8 +102,8 @@ def main(settings: Settings) -> dict:
                                keep_identical_inputs_together=True)
     accelerator.print({split: len(rows) for split, rows in splits.items()})
     train_order = loaders["train"].sampler  # the epoch's seeded order; a resumed run starts inside it
-    check_resume(settings.resume_from_checkpoint, settings, train_order)  # another seed or other data: refused
-    clear_output_dir(accelerator, output_dir, settings)
+    check_resume(checkpoint, settings, train_order)  # another seed or other data: refused
+    clear_output_dir(accelerator, output_dir, checkpoint)
 
     # Model, optimizer (no weight decay on biases and LayerNorm weights) and schedule.
     # The model records how validation was made and what numeric labels meant: evaluate rebuilds and reads alike.
@@ -132,12 +129,12 @@ def main(settings: Settings) -> dict:
     # continues exactly (the same batches too); on others it continues from the example where it stopped.
     run = RunState(seed=settings.seed, train_data=train_order.fingerprint)
     accelerator.register_for_checkpointing(run)
-    if settings.resume_from_checkpoint:
-        accelerator.load_state(settings.resume_from_checkpoint)
+    if checkpoint:
+        accelerator.load_state(checkpoint)
         accelerator.step = 0  # checkpoints end an accumulation window; the saved count is per process
-        accelerator.print(resume_message(accelerator, settings, run, settings.resume_from_checkpoint,
-                                         len(train_order.lengths)))
+        accelerator.print(resume_message(accelerator, settings, run, checkpoint, len(train_order.lengths)))
     run.num_processes, run.per_device_batch_size = accelerator.num_processes, settings.per_device_batch_size
+    run.selection = [settings.metric_for_best_model, settings.select_on_test]  # what `run.best` is a value of
     # The schedule counts global optimizer steps (stepped once per step below), so it continues on any number of
     # processes; a prepared scheduler would count steps times processes.
     total_steps = optimizer_steps(settings, len(train_order.lengths), accelerator.num_processes, run)
@@ -146,7 +143,8 @@ def main(settings: Settings) -> dict:
         accelerator.init_trackers("finetune_absa", config={k: str(v) for k, v in asdict(settings).items()})
 
     progress = tqdm(total=total_steps, initial=run.step, desc="training", disable=not accelerator.is_main_process)
-    stop = run.at_max_steps(settings) or run.patience_used_up(settings)  # a resumed run that had stopped stays so
+    # A resumed run that had stopped (early, or at --max_steps) stays stopped unless given more patience or steps.
+    stop = 0 < settings.max_steps <= run.step or run.evaluations_without_improvement >= settings.early_stopping_patience
     window_examples = 0  # this process's examples in the current accumulation window
     while run.epoch < settings.num_epochs and not stop:
         # The epoch's seeded order from the first example not yet trained on, counted over all processes (0 unless
@@ -184,21 +182,35 @@ def main(settings: Settings) -> dict:
             run.step += 1
             progress.update()
             end_of_epoch = run.examples_in_epoch >= len(train_order.lengths)
+            last_step = run.step == settings.max_steps or (end_of_epoch and run.epoch + 1 == settings.num_epochs)
 
-            if run.evaluation_due(settings, end_of_epoch):
+            # Evaluate every epoch, or every --eval_every_steps, and at the last step.
+            every = settings.eval_every_steps
+            if last_step or (run.step % every == 0 if every else end_of_epoch):
                 logits, labels = evaluate(accelerator, model, validation_loader)
                 metrics = single_label_metrics(logits, labels, settings.label_names)
-                if run.record_evaluation(accelerator, metrics, settings):  # a new best (decided once, shared)
+                # A new best? The main process decides for all: the answer gates a collective (the save).
+                metric = settings.metric_for_best_model
+                is_best, value = broadcast_object_list([is_better(metric, metrics[metric], run.best), metrics[metric]])
+                if is_best:
+                    run.best, run.best_step, run.evaluations_without_improvement = value, run.step, 0
                     save_best_model(accelerator, model, tokenizer, output_dir / BEST_MODEL)
-                report_evaluation(accelerator, run, output_dir, progress)
-                if accelerator.is_main_process and run.patience_used_up(settings):
+                else:
+                    run.evaluations_without_improvement += 1
+                run.history.append({"epoch": run.epoch + 1, "step": run.step, **scalar_metrics(metrics),
+                                    "train_loss": run.take_train_loss(), "is_best": is_best})
+                report_evaluation(accelerator, run.history, output_dir)
+                # Early stopping: the main process decides, and every process stops at this step.
+                if accelerator.is_main_process and \
+                        run.evaluations_without_improvement >= settings.early_stopping_patience:
                     accelerator.set_trigger()
-                stop = accelerator.check_trigger() or run.at_max_steps(settings)
+                stop = accelerator.check_trigger() or last_step
             if end_of_epoch:
                 run.epoch, run.examples_in_epoch = run.epoch + 1, 0
+            # Checkpoint every epoch, or every --checkpoint_every_steps, and where the run stops.
             every = settings.checkpoint_every_steps
             if settings.keep_checkpoints and (end_of_epoch or stop or (every and run.step % every == 0)):
-                save_checkpoint(accelerator, output_dir, run.step, settings.keep_checkpoints)  # the last one too
+                save_checkpoint(accelerator, output_dir, run.step, settings.keep_checkpoints)
             run.restart_clock()  # evaluation and checkpoint time is not training time
             if stop:
                 break
@@ -211,7 +223,7 @@ def main(settings: Settings) -> dict:
 
     results = {"test_split": test_split, "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
                "test": test, "validation_split": splits.validation_split,
-               **run_summary(accelerator, run, settings, started)}
+               **run_summary(accelerator, run, settings, started, checkpoint)}
     if accelerator.is_main_process:
         write_json(output_dir / "results.json", results)
         plot_confusion_matrix(test["confusion_matrix"], settings.label_names, output_dir / "confusion_matrix.png")

@@ -23,19 +23,21 @@ import datasets
 import numpy as np
 import torch
 import transformers
+from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification, DataCollatorWithPadding
 
 from absa.batches import make_dataloaders
+from absa.checkpoints import (BEST_MODEL, check_resume, clear_output_dir, load_best_weights, prepare_output_dir,
+                              resume_message, save_best_model, save_checkpoint)
 from absa.encoders import load_pretrained, load_tokenizer, loading_error, make_fsdp_ready, resolve_model_path
 from absa.files import NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError, write_atomically
-from absa.metrics import best_threshold, multi_label_metrics, regression_metrics, scalar_metrics, single_label_metrics
-from absa.reports import plot_confusion_matrix, plot_curves, write_json, write_jsonl
+from absa.metrics import (best_threshold, is_better, multi_label_metrics, regression_metrics, scalar_metrics,
+                          single_label_metrics)
+from absa.reports import plot_confusion_matrix, plot_curves, report_evaluation, run_summary, write_json, write_jsonl
 from absa.seqcls_data import PROBLEM_TYPES, TASKS, encode_text_splits, labelled_prediction_rows, load_text_data
-from absa.training import (BEST_MODEL, RunState, TrainingSettings, check_resume, clear_output_dir, finish_run,
-                           linear_schedule, load_best_weights, make_accelerator, optimizer_steps, parse_settings,
-                           prepare_output_dir, report_evaluation, resume_message, run_for_seeds, run_summary,
-                           save_best_model, save_checkpoint)
+from absa.settings import TrainingSettings, parse_settings
+from absa.training import RunState, finish_run, linear_schedule, make_accelerator, optimizer_steps, run_for_seeds
 
 # What --metric_for_best_model may select, per task.
 TASK_METRICS = {"single_label": ("loss", "accuracy", "macro_f1", "macro_precision", "macro_recall"),
@@ -113,7 +115,7 @@ def main(settings: Settings) -> dict:
     if settings.task:
         check_metric(settings, settings.task)
     accelerator = make_accelerator(settings)
-    output_dir = prepare_output_dir(accelerator, settings)  # refuses to overwrite a run; finds the checkpoint
+    output_dir, checkpoint = prepare_output_dir(accelerator, settings)  # refuses to overwrite a run
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()  # the "classifier newly initialized" load report is expected
     transformers.logging.disable_progress_bar()  # one "Loading weights" bar per load and save is noise
@@ -142,8 +144,8 @@ def main(settings: Settings) -> dict:
     accelerator.print(f"task {data.task}, {len(data.label_names)} label(s), texts {'+'.join(data.text_columns)}; "
                       f"{ {split: len(rows) for split, rows in splits.items()} }")
     train_order = loaders["train"].sampler  # the epoch's seeded order; a resumed run starts inside it
-    check_resume(settings.resume_from_checkpoint, settings, train_order)  # another seed or other data: refused
-    clear_output_dir(accelerator, output_dir, settings)
+    check_resume(checkpoint, settings, train_order)  # another seed or other data: refused
+    clear_output_dir(accelerator, output_dir, checkpoint)
 
     # Model, optimizer (no weight decay on biases and LayerNorm weights) and schedule.
     model = build_model(settings.model_name_or_path, data, settings.threshold)
@@ -175,12 +177,12 @@ def main(settings: Settings) -> dict:
     # continues exactly (the same batches too); on others it continues from the example where it stopped.
     run = RunState(seed=settings.seed, train_data=train_order.fingerprint)
     accelerator.register_for_checkpointing(run)
-    if settings.resume_from_checkpoint:
-        accelerator.load_state(settings.resume_from_checkpoint)
+    if checkpoint:
+        accelerator.load_state(checkpoint)
         accelerator.step = 0  # checkpoints end an accumulation window; the saved count is per process
-        accelerator.print(resume_message(accelerator, settings, run, settings.resume_from_checkpoint,
-                                         len(train_order.lengths)))
+        accelerator.print(resume_message(accelerator, settings, run, checkpoint, len(train_order.lengths)))
     run.num_processes, run.per_device_batch_size = accelerator.num_processes, settings.per_device_batch_size
+    run.selection = [settings.metric_for_best_model, settings.select_on_test]  # what `run.best` is a value of
     # The schedule counts global optimizer steps (stepped once per step below), so it continues on any number of
     # processes; a prepared scheduler would count steps times processes.
     total_steps = optimizer_steps(settings, len(train_order.lengths), accelerator.num_processes, run)
@@ -189,7 +191,8 @@ def main(settings: Settings) -> dict:
         accelerator.init_trackers("finetune_seqcls", config={k: str(v) for k, v in asdict(settings).items()})
 
     progress = tqdm(total=total_steps, initial=run.step, desc="training", disable=not accelerator.is_main_process)
-    stop = run.at_max_steps(settings) or run.patience_used_up(settings)  # a resumed run that had stopped stays so
+    # A resumed run that had stopped (early, or at --max_steps) stays stopped unless given more patience or steps.
+    stop = 0 < settings.max_steps <= run.step or run.evaluations_without_improvement >= settings.early_stopping_patience
     window_examples = 0  # this process's examples in the current accumulation window
     while run.epoch < settings.num_epochs and not stop:
         # The epoch's seeded order from the first example not yet trained on, counted over all processes (0 unless
@@ -227,20 +230,34 @@ def main(settings: Settings) -> dict:
             run.step += 1
             progress.update()
             end_of_epoch = run.examples_in_epoch >= len(train_order.lengths)
+            last_step = run.step == settings.max_steps or (end_of_epoch and run.epoch + 1 == settings.num_epochs)
 
-            if run.evaluation_due(settings, end_of_epoch):
+            # Evaluate every epoch, or every --eval_every_steps, and at the last step.
+            every = settings.eval_every_steps
+            if last_step or (run.step % every == 0 if every else end_of_epoch):
                 metrics = compute_metrics(*evaluate(accelerator, model, validation_loader))
-                if run.record_evaluation(accelerator, metrics, settings):  # a new best (decided once, shared)
+                # A new best? The main process decides for all: the answer gates a collective (the save).
+                metric = settings.metric_for_best_model
+                is_best, value = broadcast_object_list([is_better(metric, metrics[metric], run.best), metrics[metric]])
+                if is_best:
+                    run.best, run.best_step, run.evaluations_without_improvement = value, run.step, 0
                     save_best_model(accelerator, model, tokenizer, output_dir / BEST_MODEL)
-                report_evaluation(accelerator, run, output_dir, progress)
-                if accelerator.is_main_process and run.patience_used_up(settings):
+                else:
+                    run.evaluations_without_improvement += 1
+                run.history.append({"epoch": run.epoch + 1, "step": run.step, **scalar_metrics(metrics),
+                                    "train_loss": run.take_train_loss(), "is_best": is_best})
+                report_evaluation(accelerator, run.history, output_dir)
+                # Early stopping: the main process decides, and every process stops at this step.
+                if accelerator.is_main_process and \
+                        run.evaluations_without_improvement >= settings.early_stopping_patience:
                     accelerator.set_trigger()
-                stop = accelerator.check_trigger() or run.at_max_steps(settings)
+                stop = accelerator.check_trigger() or last_step
             if end_of_epoch:
                 run.epoch, run.examples_in_epoch = run.epoch + 1, 0
+            # Checkpoint every epoch, or every --checkpoint_every_steps, and where the run stops.
             every = settings.checkpoint_every_steps
             if settings.keep_checkpoints and (end_of_epoch or stop or (every and run.step % every == 0)):
-                save_checkpoint(accelerator, output_dir, run.step, settings.keep_checkpoints)  # the last one too
+                save_checkpoint(accelerator, output_dir, run.step, settings.keep_checkpoints)
             run.restart_clock()  # evaluation and checkpoint time is not training time
             if stop:
                 break
@@ -270,7 +287,7 @@ def main(settings: Settings) -> dict:
         "test_split": test_split, **{f"test_{k}": v for k, v in scalar_metrics(test).items()}, "test": test,
         **({"threshold": threshold, "threshold_tuned": bool(settings.tune_threshold), "validation_at_threshold": tuned}
            if data.task == "multi_label" else {}),
-        **run_summary(accelerator, run, settings, started),
+        **run_summary(accelerator, run, settings, started, checkpoint),
     }
     if accelerator.is_main_process:
         write_json(output_dir / "results.json", results)

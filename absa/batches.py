@@ -1,9 +1,5 @@
-"""Batches: a seeded, length-grouped train sampler that keeps identical inputs together and can start inside an
-epoch, and the data loaders.
-
-Generic (both fine-tuning scripts). Identical inputs are the aspects of one sentence in ABSA: TD-BERT encodes the
-sentence without the aspect, so `AspectCollator(share_texts=True)` encodes them once when they share a batch.
-"""
+"""The data loaders of both fine-tuning scripts, with a seeded, length-grouped train sampler that can start inside
+an epoch and keeps identical inputs (ABSA: the aspects of one sentence, encoded once by TD-BERT) side by side."""
 
 from __future__ import annotations
 
@@ -23,22 +19,21 @@ def text_groups(input_ids) -> list[list[int]]:
 
 
 class EpochSeededSampler(Sampler):
-    """Shuffles with a generator seeded by seed + epoch (optionally grouping similar lengths into batches).
+    """Shuffles whole `groups` with a generator seeded by seed + epoch, optionally grouping similar lengths.
 
-    The order depends only on the epoch (and, with length grouping, on the batch size it groups for), so every
-    process draws the same order before Accelerate shards it. `start` skips the first examples of that order: a
-    resumed run continues from the example where it stopped, on any number of processes, and on as many processes
-    as before it sees exactly the batches the interrupted run would have seen. With `groups`, whole groups are
-    shuffled and stay side by side (the aspects of one sentence land in one batch, encoded once).
+    The order depends only on the epoch (and the batch size length grouping is for), so every process draws the
+    same order before Accelerate shards it. `start` skips the examples of that order trained on already: a resumed
+    run continues from the example where it stopped on any number of processes, and on as many as before it sees
+    exactly the batches the interrupted run would have seen.
     """
 
-    def __init__(self, lengths, batch_size: int, seed: int, group_by_length: bool, groups=None):
+    def __init__(self, lengths, batch_size: int, seed: int, group_by_length: bool, groups=None, fingerprint=""):
         self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
         self.group_by_length = group_by_length
         self.groups = groups or [[i] for i in range(len(self.lengths))]
         self.epoch = 0
         self.start = 0  # examples of this epoch's order already trained on (all processes together)
-        self.fingerprint = ""  # of the examples it orders: a checkpoint's position means nothing on other data
+        self.fingerprint = fingerprint  # of the examples it orders: a checkpoint's position means nothing on others
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -57,8 +52,7 @@ class EpochSeededSampler(Sampler):
 
 
 def fingerprint(dataset, input_ids) -> str:
-    """A hash of a split's inputs (ABSA: with the aspects' masks) and labels: the same data gives the same value on
-    every process and in every run (about a second per 100,000 examples)."""
+    """A hash of a split's inputs (ABSA: with the aspects' masks) and labels, the same on every process and run."""
     digest = hashlib.sha256(repr(list(input_ids)).encode())  # list(): a datasets Column's repr is a preview
     for name in ("aspect_mask", "labels"):
         if name in dataset.column_names:
@@ -67,12 +61,8 @@ def fingerprint(dataset, input_ids) -> str:
 
 
 def make_dataloaders(features, collator, settings, keep_identical_inputs_together: bool = False) -> dict:
-    """The train loader (seeded, length-grouped) and one loader per evaluation split.
-
-    With `keep_identical_inputs_together` (ABSA: the aspects of one sentence, for a collator that encodes them
-    once) identical inputs stay side by side in every loader and evaluation splits are sorted by length; without
-    it evaluation loaders keep the order of `features`, so the i-th output belongs to the i-th row.
-    """
+    """The train loader and one loader per evaluation split. With `keep_identical_inputs_together` evaluation
+    splits are sorted by length too; without, they keep the order of `features` (the i-th output is the i-th row)."""
     loaders = {}
     for split, dataset in features.items():
         input_ids = dataset["input_ids"]  # the whole column, read once
@@ -80,8 +70,7 @@ def make_dataloaders(features, collator, settings, keep_identical_inputs_togethe
         groups = text_groups(input_ids) if keep_identical_inputs_together else None
         if split == "train":
             sampler = EpochSeededSampler(lengths, settings.per_device_batch_size, settings.seed,
-                                         settings.group_by_length, groups)
-            sampler.fingerprint = fingerprint(dataset, input_ids)
+                                         settings.group_by_length, groups, fingerprint(dataset, input_ids))
             # Its own generator: otherwise every new iterator draws a seed from the global RNG, and a resumed
             # run's dropout masks would drift from the uninterrupted run's.
             loaders[split] = DataLoader(dataset, batch_size=settings.per_device_batch_size, sampler=sampler,

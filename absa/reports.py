@@ -1,16 +1,19 @@
-"""Files a run leaves behind, each written whole or not at all: results.json, metrics.jsonl, PNG plots,
-and model folders swapped into place by rename."""
+"""What a run reports, each file written whole or not at all: the validation rows as they come (console,
+metrics.jsonl, trackers), results.json and PNG plots."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import statistics
+import platform
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 import matplotlib
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
 matplotlib.use("Agg")  # no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
@@ -34,21 +37,36 @@ def _jsonable(value):
     return str(value)
 
 
-def replace_folder(new: Path, target: Path) -> None:
-    """Move the finished folder `new` to `target`, keeping the previous `target` until the new one is in place."""
-    old = target.with_name(target.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)
+def report_evaluation(accelerator, history: list[dict], output_dir: Path) -> None:
+    """The last validation row: a line on the console, metrics.jsonl rewritten whole, and the trackers."""
+    row = history[-1]
+    accelerator.log({**{k: v for k, v in row.items() if isinstance(v, (int, float))}, "is_best": float(row["is_best"])},
+                    step=row["step"])
+    if accelerator.is_main_process:
+        write_jsonl(output_dir / "metrics.jsonl", history)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float))
+        tqdm.write(f"epoch {row['epoch']} step {row['step']}: {shown}{'  (best)' if row['is_best'] else ''}")
 
 
-def recover_folder(target: Path) -> None:
-    """After a crash between the two renames of `replace_folder`, put the previous folder back."""
-    old = target.with_name(target.name + ".old")
-    if not target.exists() and old.exists():
-        os.replace(old, target)
+def run_summary(accelerator, run, settings, started: float, resumed_from: str | None) -> dict:
+    """The fields of results.json both scripts share: model selection, progress, speed, the checkpoint resumed
+    from, settings, versions. Epochs count from 1 everywhere (best_epoch, validation_history)."""
+    import accelerate
+    import datasets
+    import transformers
+
+    best_row = next(row for row in run.history if row["step"] == run.best_step)
+    return {
+        "best_step": best_row["step"], "best_epoch": best_row["epoch"], "best_validation": best_row,
+        "epochs_run": run.epoch + (run.examples_in_epoch > 0), "optimizer_steps": run.step,
+        "train_samples_per_second": run.train_samples / max(run.train_seconds, 1e-9),
+        "train_seconds": run.train_seconds, "wall_seconds": time.time() - started,
+        "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+        "distributed_type": str(accelerator.distributed_type), "validation_history": run.history,
+        "resumed_from": resumed_from, "settings": asdict(settings),
+        "versions": {"python": platform.python_version(),
+                     **{module.__name__: module.__version__ for module in (torch, transformers, accelerate, datasets)}},
+    }
 
 
 def plot_confusion_matrix(matrix, label_names, path, title="Confusion matrix (test)") -> None:
@@ -70,9 +88,8 @@ def plot_curves(history: list[dict], path, metrics=("loss", "accuracy", "macro_f
         steps = [row["step"] for row in history if metric in row]
         axis.plot(steps, [row[metric] for row in history if metric in row], marker="o", label=f"validation {metric}")
         if metric == "loss":
-            axis.plot([r["step"] for r in history if "train_loss" in r], [r["train_loss"] for r in history
-                                                                          if "train_loss" in r], marker=".",
-                      label="train loss")
+            trained = [row for row in history if "train_loss" in row]
+            axis.plot([r["step"] for r in trained], [r["train_loss"] for r in trained], marker=".", label="train loss")
         axis.set_xlabel("optimizer step")
         axis.set_title(metric)
         axis.legend()
@@ -86,14 +103,3 @@ def _save_figure(figure, path) -> None:
     figure.savefig(temporary, dpi=120)
     plt.close(figure)
     os.replace(temporary, path)
-
-
-def summarize_seeds(results: list[dict], keys) -> dict:
-    """Mean, min and max of each key over the runs of several seeds (like the seed tutorial's results table)."""
-    summary = {}
-    for key in keys:
-        values = [run[key] for run in results if run.get(key) is not None]
-        if values:
-            summary[key] = {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
-                            "values": values}
-    return summary

@@ -51,7 +51,7 @@ def main() -> None:
     torch.set_num_threads(options.threads)
     benchlib.quiet_libraries()
     import finetune_absa
-    from absa.training import parse_settings
+    from absa.settings import parse_settings
     from torch.profiler import ProfilerActivity, profile
 
     command = benchlib.command_line()

@@ -17,7 +17,7 @@ Byte accounting (AdamW, per parameter), each figure computed from those counts:
   unit (everything outside an encoder layer) and two layers (current + prefetched) = 4 B x (non-layer
   + 2 x layer params).
 * Gradient accumulation under FSDP2: the scripts reduce-scatter every micro-batch
-  (absa.training.gradient_accumulation), so it adds nothing. accelerate's default (no_sync between
+  (absa.training.make_accelerator), so it adds nothing. accelerate's default (no_sync between
   micro-batches) would keep the whole model's bf16 gradient unsharded on every GPU: + 2 B x params per
   GPU; shown for comparison.
 * A full checkpoint gather (FULL_STATE_DICT) holds what is saved: fp32 weights + AdamW states = 12 B

@@ -21,7 +21,8 @@ import torch
 from safetensors.torch import load_file
 
 from absa.model import AbsaClassifier
-from absa.training import TrainingSettings, make_accelerator
+from absa.settings import TrainingSettings
+from absa.training import make_accelerator
 
 LABELS = ["negative", "neutral", "positive"]
 

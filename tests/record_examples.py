@@ -18,12 +18,12 @@ from accelerate.data_loader import DataLoaderShard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import absa.batches  # noqa: E402
-import absa.training  # noqa: E402
+import absa.checkpoints  # noqa: E402
 
 FOLDER = Path(os.environ["RECORD_EXAMPLES"])
 STOP_AFTER = int(os.environ.get("STOP_AFTER_CHECKPOINT", 0))
-make_dataloaders, save_checkpoint, shard_iter = (absa.batches.make_dataloaders, absa.training.save_checkpoint,
-                                                 DataLoaderShard.__iter__)
+make_dataloaders, save_checkpoint = absa.batches.make_dataloaders, absa.checkpoints.save_checkpoint
+shard_iter = DataLoaderShard.__iter__
 
 
 def recording_dataloaders(*args, **kwargs):
@@ -57,7 +57,7 @@ def stopping_save_checkpoint(accelerator, output_dir, step, keep):
 
 
 FOLDER.mkdir(parents=True, exist_ok=True)
-absa.batches.make_dataloaders, absa.training.save_checkpoint = recording_dataloaders, stopping_save_checkpoint
+absa.batches.make_dataloaders, absa.checkpoints.save_checkpoint = recording_dataloaders, stopping_save_checkpoint
 DataLoaderShard.__iter__ = recording_iter
 script = str(Path(sys.argv[1]).resolve())
 sys.argv = sys.argv[1:]

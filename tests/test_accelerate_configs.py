@@ -377,10 +377,11 @@ def test_machines_sharing_the_output_dir_pass(tmp_path):
 
 def test_make_accelerator_checks_the_output_dir(clean_env, monkeypatch, tmp_path):
     import absa.training
+    from absa.settings import TrainingSettings
 
     checked = []
     monkeypatch.setattr(absa.training, "check_shared_output_dir", lambda acc, folder: checked.append(folder))
-    absa.training.make_accelerator(absa.training.TrainingSettings(output_dir=str(tmp_path / "run")))
+    absa.training.make_accelerator(TrainingSettings(output_dir=str(tmp_path / "run")))
     assert checked == [str(tmp_path / "run")]
 
 

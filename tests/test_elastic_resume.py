@@ -21,7 +21,8 @@ import torch
 from safetensors.torch import load_file
 
 import finetune_absa
-from absa.training import RunState, linear_schedule, parse_settings
+from absa.settings import parse_settings
+from absa.training import RunState, linear_schedule
 from test_finetune_absa import run_main, synthetic_folder, synthetic_splits, without_dropout  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -388,7 +389,7 @@ def test_a_nan_first_evaluation_does_not_stay_best():
 def test_an_unfinished_checkpoint_is_refused(tmp_path):
     # A crash in save_checkpoint leaves step_N.tmp, which may hold the run state but not every process's files
     # (accelerate writes the run state last on the main process only); given by name it used to be resumed from.
-    from absa.training import find_checkpoint
+    from absa.checkpoints import find_checkpoint
 
     unfinished = tmp_path / "checkpoints/step_0000004.tmp"
     unfinished.mkdir(parents=True)

@@ -20,7 +20,7 @@ import use_absa  # noqa: E402
 from absa.data import load_absa_splits  # noqa: E402
 from absa.encoders import load_tokenizer  # noqa: E402
 from absa.model import AbsaClassifier  # noqa: E402
-from absa.training import parse_settings  # noqa: E402
+from absa.settings import parse_settings  # noqa: E402
 
 SAMPLE = REPO / "data" / "sample_laptops"
 

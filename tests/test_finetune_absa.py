@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 import finetune_absa
-from absa.training import RunState, TrainingSettings, parse_settings
+from absa.settings import TrainingSettings, parse_settings
+from absa.training import RunState
 
 ROOT = Path(__file__).resolve().parents[1]
 ASPECTS = ["screen", "battery", "keyboard", "price", "speaker", "camera", "touchpad", "fan"]
@@ -119,32 +120,42 @@ def test_best_model_reloads_with_the_validation_metrics_it_was_chosen_for(tiny_m
     assert metrics["accuracy"] == results["best_validation"]["accuracy"]
 
 
-def test_early_stopping_on_a_scripted_sequence():
-    class OneProcess:  # what record_evaluation needs of an Accelerator
-        num_processes, device = 1, "cpu"
+def scripted_validation(monkeypatch, metric: str, values: list[float]) -> None:
+    """finetune_absa's metrics with `metric` replaced by `values`, one per call: the validations in order, then the
+    test evaluation takes the next value left."""
+    real, scripted = finetune_absa.single_label_metrics, iter(values)
 
-    losses = [1.0, 0.8, 0.9, 0.85, 0.95, 0.7]
-    run, settings = RunState(), TrainingSettings(metric_for_best_model="loss", early_stopping_patience=3)
-    seen = []
-    for step, value in enumerate(losses, start=1):
-        run.step = step
-        seen.append(run.record_evaluation(OneProcess(), {"loss": value}, settings))
-        if run.patience_used_up(settings):
-            break
+    def metrics(*args):
+        result = real(*args)
+        result[metric] = next(scripted, result[metric])
+        return result
+    monkeypatch.setattr(finetune_absa, "single_label_metrics", metrics)
+
+
+def test_early_stopping_on_a_scripted_sequence(tiny_model_dirs, synthetic_folder, tmp_path, monkeypatch):
+    # The rules as finetune_absa.py's loop writes them: loss is minimised, patience counts evaluations since the best.
+    scripted_validation(monkeypatch, "loss", [1.0, 0.8, 0.9, 0.85, 0.95, 0.7])
+    results = run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "loss", "--eval_every_steps", 1,
+                       "--early_stopping_patience", 3)
+    seen = [row["is_best"] for row in results["validation_history"]]
     assert seen == [True, True, False, False, False]  # stops after the 5th evaluation, never sees 0.7
-    assert (run.best, run.best_step) == (0.8, 2)
-    assert [row["is_best"] for row in run.history] == seen
+    assert results["optimizer_steps"] == 5 and results["test"]["loss"] == 0.7  # 0.7 went to the test evaluation
+    assert (results["best_validation"]["loss"], results["best_step"]) == (0.8, 2)
+    assert json.loads((tmp_path / "loss/metrics.jsonl").read_text().splitlines()[-1])["is_best"] is False
 
-    accuracy, settings = RunState(), TrainingSettings(metric_for_best_model="accuracy", early_stopping_patience=1)
-    assert accuracy.record_evaluation(OneProcess(), {"accuracy": 0.5}, settings)
-    accuracy.step = 2
-    assert accuracy.record_evaluation(OneProcess(), {"accuracy": 0.6}, settings)
-    accuracy.step = 3
-    assert not accuracy.record_evaluation(OneProcess(), {"accuracy": 0.6}, settings)
-    assert accuracy.patience_used_up(settings) and accuracy.best_step == 2
+    # Accuracy is maximised; an equal value is no improvement.
+    scripted_validation(monkeypatch, "accuracy", [0.5, 0.6, 0.6, 0.9])
+    results = run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "accuracy", "--eval_every_steps", 1,
+                       "--metric_for_best_model", "accuracy", "--early_stopping_patience", 1)
+    assert [row["is_best"] for row in results["validation_history"]] == [True, True, False]
+    assert results["best_step"] == 2 and results["optimizer_steps"] == 3
+
+    # What the loop keeps in RunState goes into a checkpoint and comes back whole.
+    state = RunState(step=3, best=0.6, best_step=2, evaluations_without_improvement=1,
+                     history=[{"step": 2, "accuracy": 0.6, "is_best": True}])
     restored = RunState()
-    restored.load_state_dict(accuracy.state_dict())
-    assert restored.state_dict() == accuracy.state_dict()
+    restored.load_state_dict(state.state_dict())
+    assert restored.state_dict() == state.state_dict()
 
 
 def test_sampler_keeps_a_sentences_aspects_together_and_depends_only_on_the_epoch():
@@ -178,7 +189,7 @@ def test_sampler_keeps_a_sentences_aspects_together_and_depends_only_on_the_epoc
 @pytest.mark.parametrize("native,launched,expected", [(True, None, "bf16"), (False, None, "no"),
                                                       (True, "no", "no")])
 def test_mixed_precision_auto(monkeypatch, tmp_path, native, launched, expected):
-    from absa.training import TrainingSettings, make_accelerator
+    from absa.training import make_accelerator
     monkeypatch.setattr("absa.launch.bf16_is_native", lambda device: native)
     if launched:  # what `accelerate launch` exports from its config
         monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launched)
@@ -359,24 +370,47 @@ def test_several_seeds_on_two_processes(tiny_model_dirs, synthetic_folder, tmp_p
 
 
 DECISION_PROBE = """
-from accelerate import Accelerator
-from absa.training import RunState, TrainingSettings
-accelerator = Accelerator()
-run = RunState(best=0.5)
-# The main process sees a new best; on its own numbers the other process would not: both must follow the main one.
-is_best = run.record_evaluation(accelerator, {"loss": 0.4 if accelerator.is_main_process else 0.6}, TrainingSettings())
-print(f"rank {accelerator.process_index} of {accelerator.num_processes}: is_best {is_best}, best {run.best}", flush=True)
-accelerator.end_training()
+import sys
+from accelerate import PartialState
+import finetune_absa
+from absa.launch import end_run
+from absa.settings import parse_settings
+
+real, calls, runs = finetune_absa.single_label_metrics, [], []
+
+
+def metrics(*args):  # the second validation is a new best on the main process; on its own the other would not be
+    result = real(*args)
+    result["loss"] = [0.5, 0.4 if PartialState().is_main_process else 0.6][min(len(calls), 1)]
+    calls.append(result["loss"])
+    return result
+
+
+class SeenRunState(finetune_absa.RunState):
+    def __post_init__(self):
+        super().__post_init__()
+        runs.append(self)
+
+
+finetune_absa.single_label_metrics, finetune_absa.RunState = metrics, SeenRunState
+results = finetune_absa.main(parse_settings(finetune_absa.Settings, sys.argv[1:]))
+is_best = [row["is_best"] for row in results["validation_history"]]
+print(f"rank {PartialState().process_index} of {PartialState().num_processes}: is_best {is_best}, "
+      f"best {runs[0].best}", flush=True)
+end_run()
 """
 
 
 @pytest.mark.multiprocess
-def test_the_new_best_decision_is_the_main_processes(tmp_path):
+def test_the_new_best_decision_is_the_main_processes(tiny_model_dirs, synthetic_folder, tmp_path):
+    # Both processes must follow the main one: the answer gates the best-model save, a collective.
     (tmp_path / "probe.py").write_text(DECISION_PROBE)
-    done = torchrun(tmp_path / "probe.py", PYTHONPATH=str(ROOT))
+    done = torchrun(tmp_path / "probe.py", "--model_name_or_path", tiny_model_dirs["bert"], "--dataset",
+                    synthetic_folder, "--output_dir", tmp_path / "run", "--max_steps", 2, "--eval_every_steps", 1,
+                    PYTHONPATH=str(ROOT))
     assert done.returncode == 0, done.stderr[-4000:]
     for rank in (0, 1):
-        assert f"rank {rank} of 2: is_best True, best 0.4" in done.stdout, done.stdout
+        assert f"rank {rank} of 2: is_best [True, True], best 0.4" in done.stdout, done.stdout
 
 
 @pytest.mark.multiprocess

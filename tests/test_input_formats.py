@@ -12,7 +12,7 @@ import torch
 import finetune_absa
 from absa.aspects import INPUT_FORMATS, MARKER_CLOSE, MARKER_OPEN, AspectCollator, encode_aspect_batch, format_input
 from absa.encoders import load_tokenizer
-from absa.training import parse_settings
+from absa.settings import parse_settings
 from test_finetune_absa import synthetic_absa, write_jsonl
 
 TEXT = "The battery lasts forever but the screen is dim."

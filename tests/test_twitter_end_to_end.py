@@ -15,7 +15,7 @@ import finetune_absa
 from absa.aspects import encode_absa_splits
 from absa.data import load_absa_splits
 from absa.encoders import load_tokenizer
-from absa.training import parse_settings
+from absa.settings import parse_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ["lady gaga", "britney spears", "windows 7", "xbox", "google", "obama"]
