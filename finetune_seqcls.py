@@ -325,7 +325,7 @@ def build_model(name_or_path: str, data, threshold: float):
                                             problem_type=PROBLEM_TYPES[data.task])
         # Recorded in config.json for readers of the folder (single texts or pairs?); transformers ignores them.
         config.text_columns = list(data.text_columns)
-        if data.validation_split:  # how validation was made (absa.files.split_record)
+        if data.validation_split:  # how validation was made (absa.splits.split_record)
             config.validation_split = data.validation_split
         if data.numeric_labels:
             config.numeric_labels = data.numeric_labels

@@ -59,7 +59,7 @@ class AbsaClassifier(nn.Module):
 
         `max_length` (the training length) and `input_format` (absa.aspects.INPUT_FORMATS) are recorded in the
         config as `absa_max_length` and `absa_input_format`, so that prediction builds its inputs as training did;
-        `validation_split` (how validation was made, absa.files.split_record) and `numeric_labels` (what whole-number
+        `validation_split` (how validation was made, absa.splits.split_record) and `numeric_labels` (what whole-number
         labels meant, absa.files.LabelRule) as `absa_validation_split` and `absa_numeric_labels`, so that
         `use_absa.py evaluate` rebuilds the same splits and reads labels alike; `mixed_precision` (what training
         computed in: no, fp16, bf16) as `absa_mixed_precision`, the precision prediction uses by default.

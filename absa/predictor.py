@@ -9,7 +9,7 @@ probabilities, on one process (the Python API) or under an Accelerator on many (
     predictor.predict(["The [B-ASP]screen[E-ASP] is dim"])          # the aspect marked in the text
     predictor.predict_probabilities(texts, aspects)                 # numpy [N, classes], columns = label_names
 
-An aspect is placed in its text by `absa.data.resolve_aspect`: offsets, else `[B-ASP]...[E-ASP]` markers, else the
+An aspect is placed in its text by `absa.aspects.resolve_aspect`: offsets, else `[B-ASP]...[E-ASP]` markers, else the
 N-th whole-word occurrence in any case (`occurrence`, default the first; parts of words only when no whole word
 matches). Results name the aspect as it is in the text (`text[start:end]`), in the text without markers.
 

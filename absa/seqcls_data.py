@@ -48,7 +48,7 @@ class TextData:
     text_columns: list[str]
     label_columns: list[str]
     sources: dict[str, str] = field(default_factory=dict)
-    validation_split: dict = field(default_factory=dict)  # how validation was made (absa.files.split_record)
+    validation_split: dict = field(default_factory=dict)  # how validation was made (absa.splits.split_record)
     numeric_labels: str | None = None  # what whole-number labels meant (LabelRule.numbers)
 
 

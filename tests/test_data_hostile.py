@@ -1,5 +1,5 @@
 """The readers as a hostile (or just unlucky) user meets them: every case is either accepted or refused with one
-line that names the file, the row or line, and the field (absa/files.py, absa/data.py, absa/text_data.py)."""
+line that names the file, the row or line, and the field (absa/files.py, absa/data.py, absa/seqcls_data.py)."""
 
 from __future__ import annotations
 
