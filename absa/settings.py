@@ -74,7 +74,8 @@ class TrainingSettings:
 
 
 def parse_settings(settings_class, args: list[str] | None = None):
-    """Command-line flags, or a single YAML / JSON file with the same names. Bad values end in one line."""
+    """Command-line flags, or a single YAML / JSON file with the same names. Bad values, unknown settings and the
+    settings a script no longer has (its `REMOVED_SETTINGS`: name -> what to do instead) end in one line."""
     shared = TrainingSettings.__dataclass_fields__
     for name, declared in settings_class.__dataclass_fields__.items():
         if name in shared:  # re-declared by a script for its own default: the shared help and choices stay
@@ -82,14 +83,40 @@ def parse_settings(settings_class, args: list[str] | None = None):
     # A short usage line: argparse's own would list every setting before the one-line error.
     parser = HfArgumentParser(settings_class, usage="%(prog)s [--help] [--SETTING VALUE ...] | %(prog)s SETTINGS.yaml")
     args = sys.argv[1:] if args is None else args
-    if len(args) == 1 and args[0].endswith((".yaml", ".yml")):
-        settings = parser.parse_yaml_file(args[0])[0]
-    elif len(args) == 1 and args[0].endswith(".json"):
-        settings = parser.parse_json_file(args[0])[0]
+    removed = getattr(settings_class, "REMOVED_SETTINGS", {})
+    for arg in map(str, args):  # before parsing: argparse would call --text an abbreviation of --text_columns
+        name = arg.split("=", 1)[0].lstrip("-").replace("-", "_")
+        if arg.startswith("--") and name in removed:
+            raise SystemExit(f"--{name} is no longer a setting of this script: {removed[name]}")
+    if len(args) == 1 and str(args[0]).endswith((".yaml", ".yml", ".json")):
+        read = parser.parse_json_file if str(args[0]).endswith(".json") else parser.parse_yaml_file
+        try:
+            settings = read(args[0], allow_extra_keys=True)[0]
+        except ValueError as error:
+            raise SystemExit(f"{args[0]}: {error}") from None
+        unknown = set(read_settings_file(args[0])) - set(settings_class.__dataclass_fields__)
+        if unknown & set(removed):
+            name = sorted(unknown & set(removed))[0]
+            raise SystemExit(f"{args[0]}: {name} is no longer a setting of this script: {removed[name]}")
+        if unknown:
+            raise SystemExit(f"{args[0]}: unknown setting(s): {', '.join(sorted(unknown))} (--help lists every "
+                             "setting)")
     else:
-        settings = parser.parse_args_into_dataclasses(args)[0]
+        settings, unknown = parser.parse_args_into_dataclasses(args, return_remaining_strings=True)
+        if unknown:  # HfArgumentParser's own refusal is a traceback
+            raise SystemExit(f"unknown setting(s): {' '.join(unknown)} (--help lists every setting)")
     check_settings(settings)
     return settings
+
+
+def read_settings_file(path) -> dict:
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    text = Path(path).read_text()
+    return (json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)) or {}
 
 
 def check_settings(settings: TrainingSettings) -> None:

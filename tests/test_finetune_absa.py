@@ -501,3 +501,15 @@ def test_macro_f1_is_over_the_classes_the_split_holds_or_the_model_predicts():
     wrong = single_label_metrics(np.eye(3)[predicted], labels, names)
     assert wrong["macro_classes"] == names
     assert wrong["macro_f1"] == pytest.approx((2 / 3 + 0 + 1) / 3)
+
+
+def test_unknown_settings_end_in_one_line(tmp_path):
+    with pytest.raises(SystemExit, match=r"unknown setting\(s\): --bogus 1"):
+        parse_settings(finetune_absa.Settings, ["--num_epochs", "1", "--bogus", "1"])
+    settings_file = tmp_path / "settings.yaml"
+    settings_file.write_text("num_epochs: 1\nbogus: 1\n")
+    with pytest.raises(SystemExit, match=r"unknown setting\(s\): bogus"):
+        parse_settings(finetune_absa.Settings, [str(settings_file)])
+    settings_file.write_text("num_epochs: 2\nlearning_rate: 0.001\n")
+    settings = parse_settings(finetune_absa.Settings, [str(settings_file)])
+    assert settings.num_epochs == 2 and settings.learning_rate == 0.001
