@@ -613,7 +613,7 @@ def test_whole_float_labels_with_label_names_are_classes_not_scores(tmp_path):
 
 
 @pytest.mark.parametrize("args", [["--do_train", "false"], ["--predict_file", "x.csv"], ["--text=a fine film"],
-                                  ["--predictions_file", "p.jsonl"]])
+                                  ["--predictions_file", "p.jsonl"], ["--text_pair", "b"]])
 def test_removed_settings_say_what_replaced_them(args, tmp_path):
     from absa.settings import parse_settings
 
