@@ -112,15 +112,16 @@ def file_arguments(path) -> tuple[list[str], dict]:
 
     try:
         text = Path(path).read_text()
-        values = (json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)) or {}
+        # YAML as text, as a command line gives it (1.1's resolver reads `no` as false and 1e-5 as a string)
+        values = (json.loads(text) if str(path).endswith(".json") else yaml.load(text, Loader=yaml.BaseLoader)) or {}
     except (OSError, ValueError, yaml.YAMLError) as error:
         raise SystemExit(f"{path}: {' '.join(str(error).split())}") from None
     if not isinstance(values, dict):
         raise SystemExit(f"{path}: expected one `name: value` per setting")
     args, unset = [], {}
     for name, value in values.items():
-        if value is None or value == []:
-            unset[name] = value
+        if value is None or value == [] or value in ("null", "Null", "NULL", "~", ""):
+            unset[name] = None if value != [] else value
         else:
             args += [f"--{name}", *map(str, value if isinstance(value, list) else [value])]
     return args, unset

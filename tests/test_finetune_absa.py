@@ -525,6 +525,9 @@ def test_a_settings_file_is_converted_and_checked_as_flags_are(tmp_path):
     assert settings.learning_rate == 1e-5 and isinstance(settings.learning_rate, float)
     assert settings.label_names == ["neg", "pos"] and settings.seeds == [1, 2]
     assert settings.mixed_precision is None and settings.group_by_length is False
+    settings_file.write_text("mixed_precision: no\ngroup_by_length: no\n")  # YAML 1.1 would read both as false
+    settings = parse_settings(finetune_absa.Settings, [str(settings_file)])
+    assert settings.mixed_precision == "no" and settings.group_by_length is False
     settings_file.write_text("metric_for_best_model: f1\n")
     with pytest.raises(SystemExit):
         parse_settings(finetune_absa.Settings, [str(settings_file)])
