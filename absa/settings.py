@@ -37,8 +37,9 @@ class TrainingSettings:
                                        "best model and drives early stopping (loss is minimised, others maximised)."})
     early_stopping_patience: int = field(default=3, metadata={"help": "Evaluations without improvement before "
                                                                       "stopping."})
-    eval_every_steps: int = field(default=0, metadata={"help": "Also evaluate every N optimizer steps "
-                                                               "(0: once per epoch)."})
+    eval_every_steps: int = field(default=0, metadata={"help": "Evaluate every N optimizer steps instead of at the "
+                                                               "end of each epoch, and at the last step (0: once per "
+                                                               "epoch)."})
     checkpoint_every_steps: int = field(default=0, metadata={"help": "Also checkpoint every N optimizer steps "
                                                                      "(0: once per epoch)."})
     keep_checkpoints: int = field(default=2, metadata={"help": "How many recent checkpoints to keep (0: write "

