@@ -57,6 +57,10 @@ SEED_KEYS = ("test_accuracy", "test_macro_f1", "test_micro_f1", "test_pearson", 
 
 @dataclass
 class Settings(TrainingSettings):
+    # Prediction moved to transformers' pipeline: these say so instead of "unknown setting".
+    REMOVED_SETTINGS = {name: "predict with transformers.pipeline(\"text-classification\", "
+                        "model=\"OUTPUT/best_model\") (README.md, the pipeline snippet)"
+                        for name in ("do_train", "predict_file", "text", "text_pair", "predictions_file")}
     # The text-classification recipe; every value can be overridden on the command line.
     model_name_or_path: str = "bert-base-uncased"
     dataset: str | None = field(default="imdb", metadata={"help": "Hub name (imdb, glue, sem_eval_2018_task_1, "

