@@ -8,6 +8,7 @@ prediction the others are compared with, the 2-process run, and one error, to se
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -442,3 +443,14 @@ def test_error_in_a_real_run_is_one_line_without_traceback(tiny_model_dirs):
     assert run.returncode != 0
     assert "Traceback" not in run.stderr
     assert "not an ABSA model folder" in run.stderr.strip().splitlines()[-1]
+
+
+def test_model_folder_without_tokenizer_is_refused(model_dir, tmp_path):
+    # transformers builds an empty tokenizer (special tokens only) from a folder without tokenizer files: every word
+    # would become [UNK] and the predictions silently meaningless.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(model_dir / name, bare / name)
+    message = exit_message(["predict", bare, "--text", "The screen is dim.", "--aspect", "screen"])
+    assert "no tokenizer files" in message and str(bare) in message
