@@ -182,6 +182,8 @@ def describe_run(source, chunk_size: int, predictor, survey: dict) -> dict:
     """What the output's bytes depend on: a resumed run must match the interrupted one in all of it (the number of
     processes may differ)."""
     source, weights = Path(source).resolve(), predictor.folder.resolve() / WEIGHTS_NAME
+    if not weights.is_file():  # every process alike, before the run folder is made
+        raise SystemExit(f"{predictor.folder}: cannot load the ABSA model (no {WEIGHTS_NAME})")
     return {"input": str(source), "input_bytes": source.stat().st_size, "input_modified_ns": source.stat().st_mtime_ns,
             "model": str(weights.parent), "model_modified_ns": weights.stat().st_mtime_ns,
             "chunk_size": chunk_size, "batch_size": predictor.batch_size, "max_length": predictor.max_length,

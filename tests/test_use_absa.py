@@ -454,3 +454,11 @@ def test_model_folder_without_tokenizer_is_refused(model_dir, tmp_path):
         shutil.copy(model_dir / name, bare / name)
     message = exit_message(["predict", bare, "--text", "The screen is dim.", "--aspect", "screen"])
     assert "no tokenizer files" in message and str(bare) in message
+
+
+def test_model_folder_without_weights_is_one_line_for_a_file(model_dir, input_jsonl, tmp_path):
+    no_weights = tmp_path / "no_weights"
+    shutil.copytree(model_dir, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    message = exit_message(["predict", no_weights, "--input", input_jsonl, "--output", tmp_path / "out.jsonl"])
+    assert str(no_weights) in message and "model.safetensors" in message
