@@ -379,8 +379,11 @@ class PartialOutput:
 
     def start(self, run: dict) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
-        self.folder.mkdir(parents=True)
-        write_atomically(self.folder / "run.json", (json.dumps(run, indent=2) + "\n").encode("utf-8"))
+        try:  # a read-only file system, or a place only a permission check for root passes
+            self.folder.mkdir(parents=True)
+            write_atomically(self.folder / "run.json", (json.dumps(run, indent=2) + "\n").encode("utf-8"))
+        except OSError as error:
+            raise SystemExit(f"{self.output}: cannot write in {self.folder.parent} ({error.strerror})") from None
 
     def write_chunk(self, index: int, data: bytes) -> None:
         write_atomically(self.chunk_path(index), data)

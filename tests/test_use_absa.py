@@ -462,3 +462,9 @@ def test_model_folder_without_weights_is_one_line_for_a_file(model_dir, input_js
     (no_weights / "model.safetensors").unlink()
     message = exit_message(["predict", no_weights, "--input", input_jsonl, "--output", tmp_path / "out.jsonl"])
     assert str(no_weights) in message and "model.safetensors" in message
+
+
+def test_output_where_nothing_can_be_written_is_one_line(model_dir, input_jsonl):
+    # /proc passes a permission check for root, but no folder can be made there
+    message = exit_message(["predict", model_dir, "--input", input_jsonl, "--output", "/proc/predictions.jsonl"])
+    assert "/proc" in message and "cannot write" in message
