@@ -468,3 +468,11 @@ def test_output_where_nothing_can_be_written_is_one_line(model_dir, input_jsonl)
     # /proc passes a permission check for root, but no folder can be made there
     message = exit_message(["predict", model_dir, "--input", input_jsonl, "--output", "/proc/predictions.jsonl"])
     assert "/proc" in message and "cannot write" in message
+
+
+def test_occurrence_without_aspect_is_refused(model_dir, capsys):
+    # Marked texts have no occurrence to choose: --occurrence was silently ignored, every marked aspect predicted.
+    with pytest.raises(SystemExit):
+        use_absa.parse_arguments(["predict", str(model_dir), "--text", "The [B-ASP]screen[E-ASP] and "
+                                  "[B-ASP]screen[E-ASP]", "--occurrence", "2"])
+    assert "--occurrence goes with --aspect" in capsys.readouterr().err
