@@ -108,6 +108,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
             parser.error(f"--input needs --output (a {', '.join(OUTPUT_TYPES)} file)")
         if args.input and (args.aspect or args.occurrence):
             parser.error("--aspect and --occurrence go with --text; in a file, use the aspect / occurrence columns")
+        if args.text and args.occurrence and not args.aspect:
+            parser.error("--occurrence goes with --aspect (the N-th occurrence of each --aspect in an unmarked --text)")
         if args.resume and not args.input:
             parser.error("--resume continues an --input run")
     return args

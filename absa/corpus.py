@@ -182,6 +182,8 @@ def describe_run(source, chunk_size: int, predictor, survey: dict) -> dict:
     """What the output's bytes depend on: a resumed run must match the interrupted one in all of it (the number of
     processes may differ)."""
     source, weights = Path(source).resolve(), predictor.folder.resolve() / WEIGHTS_NAME
+    if not weights.is_file():  # every process alike, before the run folder is made
+        raise SystemExit(f"{predictor.folder}: cannot load the ABSA model (no {WEIGHTS_NAME})")
     return {"input": str(source), "input_bytes": source.stat().st_size, "input_modified_ns": source.stat().st_mtime_ns,
             "model": str(weights.parent), "model_modified_ns": weights.stat().st_mtime_ns,
             "chunk_size": chunk_size, "batch_size": predictor.batch_size, "max_length": predictor.max_length,
@@ -377,8 +379,11 @@ class PartialOutput:
 
     def start(self, run: dict) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
-        self.folder.mkdir(parents=True)
-        write_atomically(self.folder / "run.json", (json.dumps(run, indent=2) + "\n").encode("utf-8"))
+        try:  # a read-only file system, or a place only a permission check for root passes
+            self.folder.mkdir(parents=True)
+            write_atomically(self.folder / "run.json", (json.dumps(run, indent=2) + "\n").encode("utf-8"))
+        except OSError as error:
+            raise SystemExit(f"{self.output}: cannot write in {self.folder.parent} ({error.strerror})") from None
 
     def write_chunk(self, index: int, data: bytes) -> None:
         write_atomically(self.chunk_path(index), data)

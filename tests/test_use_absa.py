@@ -8,6 +8,7 @@ prediction the others are compared with, the 2-process run, and one error, to se
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -442,3 +443,36 @@ def test_error_in_a_real_run_is_one_line_without_traceback(tiny_model_dirs):
     assert run.returncode != 0
     assert "Traceback" not in run.stderr
     assert "not an ABSA model folder" in run.stderr.strip().splitlines()[-1]
+
+
+def test_model_folder_without_tokenizer_is_refused(model_dir, tmp_path):
+    # transformers builds an empty tokenizer (special tokens only) from a folder without tokenizer files: every word
+    # would become [UNK] and the predictions silently meaningless.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(model_dir / name, bare / name)
+    message = exit_message(["predict", bare, "--text", "The screen is dim.", "--aspect", "screen"])
+    assert "no tokenizer files" in message and str(bare) in message
+
+
+def test_model_folder_without_weights_is_one_line_for_a_file(model_dir, input_jsonl, tmp_path):
+    no_weights = tmp_path / "no_weights"
+    shutil.copytree(model_dir, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    message = exit_message(["predict", no_weights, "--input", input_jsonl, "--output", tmp_path / "out.jsonl"])
+    assert str(no_weights) in message and "model.safetensors" in message
+
+
+def test_output_where_nothing_can_be_written_is_one_line(model_dir, input_jsonl):
+    # /proc passes a permission check for root, but no folder can be made there
+    message = exit_message(["predict", model_dir, "--input", input_jsonl, "--output", "/proc/predictions.jsonl"])
+    assert "/proc" in message and "cannot write" in message
+
+
+def test_occurrence_without_aspect_is_refused(model_dir, capsys):
+    # Marked texts have no occurrence to choose: --occurrence was silently ignored, every marked aspect predicted.
+    with pytest.raises(SystemExit):
+        use_absa.parse_arguments(["predict", str(model_dir), "--text", "The [B-ASP]screen[E-ASP] and "
+                                  "[B-ASP]screen[E-ASP]", "--occurrence", "2"])
+    assert "--occurrence goes with --aspect" in capsys.readouterr().err
