@@ -48,8 +48,10 @@ def loading_error(name: str, error: Exception) -> SystemExit:
 def load_tokenizer(name_or_path: str):
     """A fast tokenizer for `name_or_path` (Hub name, folder, or embedded short name)."""
     path = resolve_model_path(name_or_path)
-    if Path(path).is_dir() and not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
-        # transformers would build an empty tokenizer (special tokens only): every word [UNK], no error
+    folder = Path(path)
+    if (folder / "config.json").is_file() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        # a model folder without its tokenizer: transformers would build an empty one (special tokens only), every
+        # word [UNK], no error
         raise SystemExit(f"{name_or_path}: no tokenizer files in this folder ({', '.join(TOKENIZER_FILES[:2])}); "
                          "copy the tokenizer of the encoder the model was trained from into it")
     try:
