@@ -16,7 +16,7 @@ import pandas as pd
 from .aspects import AspectError, resolve_aspect
 from .files import (TABLE_SUFFIXES, DataError, LabelRule, is_missing, load_hub_dataset, read_rows, read_text,
                     require_columns)
-from .splits import SPLIT_NAMES, Splits, carve_validation, find_split_files
+from .splits import SPLIT_NAMES, Splits, choose_validation, split_files
 
 logger = logging.getLogger(__name__)
 
@@ -35,15 +35,9 @@ def load_absa_splits(source: str | None = "yqzheng/semeval2014_laptops", *, trai
     one is carved from train by sentence (`carve_validation`); `select_on_test` reproduces tutorials that selected on
     test. One `LabelRule` reads the labels of all splits; the result records both for the model (`Splits`)."""
     label_names = tuple(label_names)
-    files = {split: path for split, path in
-             (("train", train_file), ("validation", validation_file), ("test", test_file)) if path}
-    if source and Path(source).is_dir():
-        files = {**find_split_files(source, TABLE_SUFFIXES + XML_SUFFIXES + T_FORMAT_SUFFIXES), **files}
-    elif source and Path(source).is_file():
-        files = {"train": Path(source), **files}
+    files = split_files(source, train_file, validation_file, test_file,
+                        TABLE_SUFFIXES + XML_SUFFIXES + T_FORMAT_SUFFIXES)
     if files:
-        if "train" not in files:
-            raise DataError(next(iter(files.values())), "a train file is needed as well")
         records = {split: (path, _read_records(path)) for split, path in files.items()}
     elif source:
         hub = load_hub_dataset(source)
@@ -64,15 +58,7 @@ def load_absa_splits(source: str | None = "yqzheng/semeval2014_laptops", *, trai
     features = datasets.Features({**FEATURES, "label": datasets.ClassLabel(names=list(rule.names))})
     result = datasets.DatasetDict({split: datasets.Dataset.from_list(rows, features=features)
                                    for split, rows in splits.items()})
-    if select_on_test:
-        if "test" not in result:
-            raise DataError(source or files["train"], "select_on_test needs a test split")
-        logger.warning("selecting the best epoch on the TEST split, as the seed tutorial did: "
-                       "its test scores are optimistic")
-        result["validation"] = result["test"]
-    result = carve_validation(result, validation_fraction, seed, source=files.get("train", source))
-    if select_on_test:
-        result.validation_split["made"] = "test"
+    result = choose_validation(result, select_on_test, validation_fraction, seed, files.get("train", source))
     result.numeric_labels = rule.numbers
     return result
 

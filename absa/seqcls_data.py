@@ -12,7 +12,6 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import datasets
 import numpy as np
@@ -20,7 +19,7 @@ from scipy.special import expit, softmax
 
 from .files import (TABLE_SUFFIXES, DataError, LabelRule, check_label_names, is_missing, load_hub_dataset, read_rows,
                     require_columns, whole_number)
-from .splits import SPLIT_NAMES, carve_validation, find_split_files
+from .splits import SPLIT_NAMES, choose_validation, split_files
 
 logger = logging.getLogger(__name__)
 
@@ -104,16 +103,9 @@ def load_text_data(dataset: str | None = None, *, dataset_config: str | None = N
 
     if max_train_samples and max_train_samples < len(splits["train"]):
         splits["train"] = splits["train"].shuffle(seed=seed).select(range(max_train_samples))
-    if select_on_test:
-        if "test" not in splits:
-            raise DataError(train.source, "--select_on_test needs a test split")
-        logger.warning("selecting the best epoch on the TEST split: its test scores are optimistic")
-        splits["validation"] = splits["test"]
     # Whole texts (a repeated text or pair stays on one side); stratified for single-label (a ClassLabel column).
-    splits = carve_validation(splits, validation_fraction, seed, stratify_by=LABELS, group_by=(TEXT, TEXT_PAIR),
-                              source=train.source)
-    if select_on_test:
-        splits.validation_split["made"] = "test"
+    splits = choose_validation(splits, select_on_test, validation_fraction, seed, train.source, stratify_by=LABELS,
+                               group_by=(TEXT, TEXT_PAIR))
     if max_train_samples:
         splits.validation_split["max_train_samples"] = max_train_samples
     return TextData(splits=splits, task=task, label_names=label_names, text_columns=text_columns,
@@ -126,15 +118,8 @@ def load_text_data(dataset: str | None = None, *, dataset_config: str | None = N
 
 
 def _read_splits(dataset, dataset_config, train_file, validation_file, test_file) -> dict[str, RawSplit]:
-    files = {split: Path(path) for split, path in
-             (("train", train_file), ("validation", validation_file), ("test", test_file)) if path}
-    if dataset and Path(dataset).is_dir():
-        files = {**find_split_files(dataset, TABLE_SUFFIXES), **files}
-    elif dataset and Path(dataset).is_file():
-        files = {"train": Path(dataset), **files}
+    files = split_files(dataset, train_file, validation_file, test_file, TABLE_SUFFIXES)
     if files:
-        if "train" not in files:
-            raise DataError(next(iter(files.values())), "a train file is needed as well (--train_file)")
         return {split: RawSplit(str(path), read_rows(path),
                                 "line 1 (header)" if path.suffix.lower() in (".csv", ".tsv", ".txt") else None)
                 for split, path in files.items()}

@@ -130,6 +130,35 @@ def check_rebuilt_split(record: dict | None, model: str, split: str, rows, sourc
     logger.warning("note: %s: %s", source, problem)
 
 
+def split_files(source, train_file=None, validation_file=None, test_file=None, suffixes=()) -> dict[str, Path]:
+    """The files of each split: the `*_file`s given, over a folder's split files (`source` a folder) or over `source`
+    as the train file; {} for a Hub name. A validation or test file without train is a DataError."""
+    files = {split: Path(path) for split, path in
+             (("train", train_file), ("validation", validation_file), ("test", test_file)) if path}
+    if source and Path(source).is_dir():
+        files = {**find_split_files(source, suffixes), **files}
+    elif source and Path(source).is_file():
+        files = {"train": Path(source), **files}
+    if files and "train" not in files:
+        raise DataError(next(iter(files.values())), "a train file is needed as well (--train_file)")
+    return files
+
+
+def choose_validation(splits: datasets.DatasetDict, select_on_test: bool, fraction: float, seed: int, source,
+                      **carve) -> Splits:
+    """The split that selects the model: the data's own validation split, else one carved from train, or with
+    `select_on_test` the test split (as tutorials that report optimistic test scores did); recorded either way."""
+    if select_on_test:
+        if "test" not in splits:
+            raise DataError(source, "--select_on_test needs a test split")
+        logger.warning("selecting the best epoch on the TEST split: its test scores are optimistic")
+        splits["validation"] = splits["test"]
+    result = carve_validation(splits, fraction, seed, source=source, **carve)
+    if select_on_test:
+        result.validation_split["made"] = "test"
+    return result
+
+
 def carve_validation(splits: datasets.DatasetDict, fraction: float, seed: int, stratify_by: str | None = "label",
                      group_by=("text",), source="train") -> Splits:
     """A validation split carved from train when there is none: whole texts, stratified, seeded, recorded.
