@@ -82,8 +82,8 @@ class Settings(TrainingSettings):
                                    "sorted from the train data; for whole-number labels 0..K-1 these name the ids)."})
     numeric_labels: str = field(default="auto", metadata={"choices": NUMERIC_LABELS, "help": NUMERIC_LABELS_HELP})
     task: str | None = field(default=None, metadata={"choices": TASKS, "help": "Force the task; default: read from "
-                             "the labels (floats: regression, except whole ones with --label_names; lists or several columns: "
-                             "multi_label)."})
+                             "the labels (floats: regression, except whole ones with --label_names; lists or several "
+                             "columns: multi_label)."})
     metric_for_best_model: str = field(default="loss", metadata={"choices": ALL_METRICS})
     threshold: float = field(default=0.5, metadata={"help": "Multi-label: a label is predicted when its sigmoid "
                                                             "reaches this."})
@@ -143,8 +143,8 @@ def main(settings: Settings) -> dict:
     # Saved with the model, so a pipeline user's truncation=True cuts where training did.
     tokenizer.model_max_length = min(tokenizer.model_max_length, settings.max_length)
     splits, features = encode_text_splits(data.splits, tokenizer, tokenizer.model_max_length)
-    loaders = make_dataloaders(features, DataCollatorWithPadding(tokenizer, pad_to_multiple_of=settings.pad_to_multiple_of),
-                               settings)  # evaluation loaders keep the row order of `splits`
+    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=settings.pad_to_multiple_of)
+    loaders = make_dataloaders(features, collator, settings)  # evaluation loaders keep the row order of `splits`
     accelerator.print(f"task {data.task}, {len(data.label_names)} label(s), texts {'+'.join(data.text_columns)}; "
                       f"{ {split: len(rows) for split, rows in splits.items()} }")
     train_order = loaders["train"].sampler  # the epoch's seeded order; a resumed run starts inside it
@@ -168,7 +168,8 @@ def main(settings: Settings) -> dict:
     # The loss by task (the ones transformers picks from problem_type): cross-entropy, BCE, MSE.
     loss_function = {"single_label": torch.nn.functional.cross_entropy,
                      "multi_label": torch.nn.functional.binary_cross_entropy_with_logits,
-                     "regression": lambda logits, scores: torch.nn.functional.mse_loss(logits.squeeze(-1), scores)}[data.task]
+                     "regression": lambda logits, scores: torch.nn.functional.mse_loss(logits.squeeze(-1), scores),
+                     }[data.task]
 
     def compute_metrics(logits, labels, threshold=settings.threshold):
         if data.task == "single_label":

@@ -26,11 +26,10 @@ import transformers
 from accelerate import Accelerator
 
 from absa.aspects import MARK_END, MARK_START, AspectError, AspectSpan, parse_marked_text, resolve_aspect
-from absa.corpus import (OUTPUT_TYPES, check_output, check_tsv_cells, decided_by_main, predict_corpus, prediction_row,
-                         table_bytes)
+from absa.corpus import OUTPUT_TYPES, check_output, check_tsv_cells, predict_corpus, prediction_row, table_bytes
 from absa.evaluation import evaluation_name, read_split, report, score
 from absa.files import NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError, write_atomically
-from absa.launch import MIXED_PRECISIONS, check_distributed_setup, end_run
+from absa.launch import MIXED_PRECISIONS, check_distributed_setup, decided_by_main, end_run
 from absa.predictor import AbsaPredictor, softmax
 from absa.reports import plot_confusion_matrix, write_json
 

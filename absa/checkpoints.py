@@ -11,33 +11,25 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
 from safetensors.torch import load_file
+
+from .launch import decided_by_main
 
 BEST_MODEL = "best_model"
 CHECKPOINTS = "checkpoints"
 
 
 def prepare_output_dir(accelerator: Accelerator, settings) -> tuple[Path, str | None]:
-    """The run folder and the checkpoint to resume from (None: start afresh). Decided on the main process and
-    shared: every process resumes from the same checkpoint, or stops with the same message."""
+    """The run folder and the checkpoint to resume from (None: start afresh), decided on the main process: every
+    process resumes from the same checkpoint, or stops with the same message."""
     output_dir = Path(settings.output_dir)
-    checkpoint = refusal = None
-    if accelerator.is_main_process:
-        recover_folder(output_dir / BEST_MODEL)
-        try:
-            checkpoint = find_resume_checkpoint(output_dir, settings)
-        except SystemExit as error:
-            refusal = str(error)
-    checkpoint, refusal = broadcast_object_list([checkpoint, refusal])
-    if refusal:
-        raise SystemExit(refusal)
-    return output_dir, checkpoint
+    return output_dir, decided_by_main(accelerator, find_resume_checkpoint, output_dir, settings)
 
 
 def find_resume_checkpoint(output_dir: Path, settings) -> str | None:
     """The checkpoint `--resume_from_checkpoint` names; refuses to start over a run unless asked, or over the
-    model the run starts from."""
+    model the run starts from. First puts back a best model that a crash left half-replaced."""
+    recover_folder(output_dir / BEST_MODEL)
     holds_run = (output_dir / "results.json").exists() or (output_dir / CHECKPOINTS).exists()
     checkpoint = None
     if settings.resume_from_checkpoint == "latest" and settings.seeds and not checkpoints_in(output_dir) \

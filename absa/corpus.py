@@ -25,11 +25,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import gather_object
 from tqdm import tqdm
 
 from .aspects import AspectError, resolve_aspect
 from .files import DELIMITED, DataError, iter_rows, write_atomically
+from .launch import decided_by_main
 from .model import WEIGHTS_NAME
 from .predictor import softmax
 
@@ -83,22 +84,6 @@ def predict_corpus(predictor, source, output, chunk_size: int, resume: bool = Fa
         print(f"{remaining} rows in {seconds:.2f} s ({remaining / max(seconds, 1e-9):.1f} rows/s, tokenizing included) "
               f"with {accelerator.num_processes} process(es) on {accelerator.device}, {predictor.describe()}{kept}; "
               f"wrote {output} ({survey['rows']} rows)")
-
-
-def decided_by_main(accelerator, decide, *arguments):
-    """`decide(*arguments)` on the main process only; its result, or its one-line error, handed to every process."""
-    outcome = [None, None]
-    if accelerator.is_main_process:
-        try:
-            outcome = [decide(*arguments), None]
-        except (DataError, AspectError) as error:
-            outcome = [None, str(error)]
-        except SystemExit as error:
-            outcome = [None, error.code]
-    broadcast_object_list(outcome)
-    if outcome[1] is not None:
-        raise SystemExit(outcome[1])
-    return outcome[0]
 
 
 def check_output(paths, overwrite: bool, types=None):

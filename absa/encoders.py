@@ -70,7 +70,8 @@ def load_pretrained(auto_class, path: str, config, **kwargs):
     file on meta): every rank holds parameters backed by the mapped file, read into its memory as soon as anything
     touches them. Here only global rank 0, whose state dict accelerate's `fsdp2_prepare_model` broadcasts into the
     shards of every rank, opens the file; the other ranks build the model on the meta device (buffers real:
-    accelerate keeps non-persistent ones as they are). Both sides load in fp32, so the broadcast shapes and dtypes match whatever the file holds
+    accelerate keeps non-persistent ones as they are). Both sides load in fp32, so the broadcast shapes and dtypes
+    match whatever the file holds
     (accelerate upcasts to fp32 master weights under mixed precision anyway).
     """
     if not is_fsdp_enabled():

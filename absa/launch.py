@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, broadcast_object_list
 
 logger = logging.getLogger(__name__)
 
@@ -166,3 +166,21 @@ def end_run() -> None:
     state = PartialState()
     state.wait_for_everyone()
     state.destroy_process_group()
+
+
+def decided_by_main(accelerator, decide, *arguments):
+    """`decide(*arguments)` on the main process only; its result, or its one-line refusal (a SystemExit, or a
+    ValueError such as DataError naming the file, row and field), handed to every process: all go on alike or all
+    stop."""
+    outcome = [None, None]
+    if accelerator.is_main_process:
+        try:
+            outcome = [decide(*arguments), None]
+        except ValueError as error:
+            outcome = [None, str(error)]
+        except SystemExit as error:
+            outcome = [None, error.code]
+    broadcast_object_list(outcome)
+    if outcome[1] is not None:
+        raise SystemExit(outcome[1])
+    return outcome[0]

@@ -28,7 +28,8 @@ def _encoder_kwargs(config) -> dict:
     # BERT-style encoders carry a pooler the ABSA head never uses; its parameters would get no gradient, which
     # DDP refuses. Families without a pooler (DeBERTa, ELECTRA) do not take the argument.
     encoder_class = MODEL_MAPPING[type(config)]
-    return {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(encoder_class.__init__).parameters else {}
+    takes_it = "add_pooling_layer" in inspect.signature(encoder_class.__init__).parameters
+    return {"add_pooling_layer": False} if takes_it else {}
 
 
 class AbsaClassifier(nn.Module):
