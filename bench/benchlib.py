@@ -105,21 +105,56 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 6, trials: 
     return best
 
 
+def bf16_native() -> bool:
+    capabilities = getattr(torch.cpu, "get_capabilities", dict)()
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
 
 def matmul_peaks() -> dict:
     """fp32 and bf16 matmul peaks. Where bf16 is emulated (no AVX512-BF16 / AMX) a 2048^3 bf16 product takes
     seconds, so it gets a short measurement on smaller products: enough to show how far below fp32 it is."""
-    capabilities = getattr(torch.cpu, "get_capabilities", dict)()
-    native = capabilities.get("avx512_bf16") or capabilities.get("amx_bf16")
-    bf16 = matmul_peak(torch.bfloat16) if native else matmul_peak(torch.bfloat16, size=512, repeats=1, trials=2)
+    bf16 = matmul_peak(torch.bfloat16) if bf16_native() else matmul_peak(torch.bfloat16, size=512, repeats=1, trials=2)
     return {"fp32": matmul_peak(torch.float32), "bf16": bf16}
+
 
 def encoder_dimensions(model) -> dict:
     """Layers, hidden size and non-embedding parameter count (encoder layers + head, no embedding tables)."""
     config = model.config
     non_embedding = sum(p.numel() for name, p in model.named_parameters() if ".embeddings." not in f".{name}")
-    return {"layers": config.num_hidden_layers, "hidden": config.hidden_size, "non_embedding_params": non_embedding,
+    return {"layers": config.num_hidden_layers, "hidden": config.hidden_size,
+            "intermediate": config.intermediate_size, "non_embedding_params": non_embedding,
             "params": sum(p.numel() for p in model.parameters())}
+
+
+def step_shape_rate(dims: dict, tokens: int, dtype: torch.dtype, seconds: float = 1.5) -> float:
+    """GFLOP/s of the matrix products one training step of this encoder makes, at its own shapes.
+
+    One encoder layer's linear layers (query, key, value, attention output: hidden x hidden; the feed-forward pair:
+    hidden x intermediate and back) on `tokens` rows (the padded tokens of a step's batch), forward (x W^T) and
+    backward (the input's gradient dY W, the weight's gradient dY^T x), as `torch.nn.functional.linear` and autograd
+    compute them. The best of a few timed passes over `seconds`: the honest ceiling of a step's matrix work here,
+    often far below the 2048^3 peak because a step's products are thin (a few hundred rows)."""
+    h, i = dims["hidden"], dims["intermediate"]
+    shapes = [(h, h)] * 4 + [(h, i), (i, h)]  # (in, out) of each linear layer
+    generator = torch.Generator().manual_seed(0)
+    operands = [(torch.randn(tokens, n_in, generator=generator).to(dtype),
+                 torch.randn(n_out, n_in, generator=generator).to(dtype),
+                 torch.randn(tokens, n_out, generator=generator).to(dtype)) for n_in, n_out in shapes]
+
+    def one_layer():
+        for x, weight, grad_out in operands:
+            torch.nn.functional.linear(x, weight)  # forward
+            torch.matmul(grad_out, weight)  # the input's gradient
+            torch.matmul(grad_out.t(), x)  # the weight's gradient
+    flops = sum(3 * 2 * tokens * n_in * n_out for n_in, n_out in shapes)
+    one_layer()  # warm-up: kernels chosen, caches filled
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while True:
+        started = time.perf_counter()
+        one_layer()
+        best = max(best, flops / (time.perf_counter() - started) / 1e9)
+        if time.perf_counter() > deadline:
+            return best
 
 
 def useful_flops(lengths, dims: dict, training: bool = True) -> float:
@@ -215,12 +250,12 @@ class TrainerTdBert(torch.nn.Module):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
-def trainer_model(seed: int = 42, pooling: str = "max"):
+def trainer_model(seed: int = 42, pooling: str = "max", model: str = MODEL):
     """The TD-BERT model of the seed recipe: the product's AbsaClassifier (aspect tokens max-pooled), loss inside."""
     from transformers import set_seed
     from absa.model import AbsaClassifier
     set_seed(seed)
-    return TrainerTdBert(AbsaClassifier.from_encoder(MODEL, LABELS, pooling))
+    return TrainerTdBert(AbsaClassifier.from_encoder(model, LABELS, pooling))
 
 
 # --------------------------------------------------------------------------- the product's own loop, observed

@@ -3,8 +3,9 @@
     python bench/profile_step.py                         # the product's defaults (bf16 autocast where native)
     python bench/profile_step.py --mixed-precision no    # fp32
     python bench/profile_step.py --set freeze_word_embeddings=true   # any finetune_absa.py setting
+    python bench/profile_step.py --model /path/to/mpnet --steps 10     # any local encoder
 
-The steps are those of `finetune_absa.main` itself on Laptop14 train with the embedded MiniLM (batch 16): after
+The steps are those of `finetune_absa.main` itself on Laptop14 train with --model (default: the embedded MiniLM; batch 16): after
 --warmup steps, --steps steps are profiled, then the run stops. The table groups operators by what they are for.
 """
 
@@ -40,6 +41,7 @@ GROUPS = {  # operator -> what it is for
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=benchlib.MODEL, help="A local model folder (default: the embedded MiniLM).")
     parser.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "bf16"))
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="another finetune_absa.py setting, e.g. freeze_word_embeddings=true")
@@ -60,7 +62,7 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="bench_profile_")
     flags = [f"--{item.split('=', 1)[0]}={item.split('=', 1)[1]}" for item in options.set]
     settings = parse_settings(finetune_absa.Settings, [
-        "--model_name_or_path", benchlib.MODEL, "--dataset", benchlib.DATASET, "--output_dir", workdir,
+        "--model_name_or_path", options.model, "--dataset", benchlib.DATASET, "--output_dir", workdir,
         "--mixed_precision", options.mixed_precision, *flags])
     state = {"steps": 0, "tokens": [], "profiler": None, "started": None}
 

@@ -4,9 +4,11 @@
     python bench/train_throughput.py --set defaults       # what each speed default of the product is worth here
     python bench/train_throughput.py --set levers         # the levers measured for issue 14
     python bench/train_throughput.py --set contenders --rounds 30 --steps-per-round 4 --warmup-steps 10
+    python bench/train_throughput.py --model /path/to/mpnet --only a,c_fp32,b --rounds 10   # any local encoder
 
-Model: the embedded MiniLM (BERT, 6 layers, hidden 384); data: SemEval-2014 Laptop14 train (what finetune_absa.py
-keeps after carving validation, tokenized by the product, max_length 128); batch 16 aspects; --learning_rate 5e-5.
+Model: --model, a local folder or the embedded MiniLM (BERT, 6 layers, hidden 384; the default); data: SemEval-2014
+Laptop14 train (what finetune_absa.py keeps after carving validation, tokenized by the product, max_length 128);
+batch 16 aspects; --learning_rate 5e-5 (the learning rate does not change the work a step does).
 
 Contenders (each in its own process, started one after the other; all use the same thread count):
   a       `finetune_absa.main` itself, with its defaults: the script's loop, model, optimizer, loaders. The bench
@@ -32,6 +34,11 @@ Reported per contender: samples/s, real (non-pad) tokens/s, peak RSS of its proc
 real tokens through the encoder (6 x non-embedding params per token + attention) per second / the matmul peak of
 the precision it computes in (fp32 or bf16), measured in this run by large torch.matmul products. Every table is
 printed with the CPU model and its bf16 features.
+
+Shape limit: after the rounds, the matrix products of one encoder layer's training step (forward, and both gradients
+of the backward) are timed at each contender's own shapes (its mean padded tokens per step x the model's hidden and
+intermediate sizes) in the precision it computes in (benchlib.step_shape_rate). "shape %" is the contender's useful
+FLOP rate over that rate: how close the whole step gets to the matrix products it cannot avoid, at the sizes it has.
 """
 
 from __future__ import annotations
@@ -133,6 +140,13 @@ SETS = {
         "+ regional torch.compile": product(env=REGIONAL_COMPILE),
         "+ gradients zeroed in place": product(patches=["keep gradient buffers"]),
     },
+    "levers_fp32": {  # where the step goes in fp32 (bf16 emulated, or --mixed_precision no): what each lever is worth
+        "product defaults": PRODUCT,
+        "- shared sentence encoding": product(patches=["one pass per aspect"]),
+        "- freed memory kept (glibc defaults)": product(patches=["glibc defaults"]),
+        "+ frozen word embeddings": product(freeze_word_embeddings=True),
+        "+ regional torch.compile": product(env=REGIONAL_COMPILE),
+    },
 }
 
 
@@ -208,11 +222,11 @@ class Pacer:
         return self.warmup + self.per_round * self.rounds
 
 
-def run_product(spec: dict, pacer: Pacer, workdir: str) -> dict:
+def run_product(spec: dict, pacer: Pacer, workdir: str, model_path: str) -> dict:
     """`finetune_absa.main` itself (benchlib.run_finetune_absa), paced after every step, stopped after the last round."""
     import finetune_absa
 
-    settings = finetune_absa.Settings(model_name_or_path=benchlib.MODEL, dataset=benchlib.DATASET,
+    settings = finetune_absa.Settings(model_name_or_path=model_path, dataset=benchlib.DATASET,
                                       output_dir=workdir, overwrite_output_dir=True, learning_rate=5e-5,
                                       **spec["settings"])
     seen = {}
@@ -245,7 +259,7 @@ def run_product(spec: dict, pacer: Pacer, workdir: str) -> dict:
             "patches": spec["patches"]}
 
 
-def run_trainer(spec: dict, pacer: Pacer, workdir: str) -> dict:
+def run_trainer(spec: dict, pacer: Pacer, workdir: str, model_path: str) -> dict:
     """The seed recipe (b) or the best-practice Trainer (c) on the same train rows and model."""
     from transformers import Trainer, TrainerCallback
     from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -254,11 +268,11 @@ def run_trainer(spec: dict, pacer: Pacer, workdir: str) -> dict:
 
     benchlib.quiet_libraries()
     splits = benchlib.laptop_splits()
-    tokenizer = load_tokenizer(benchlib.MODEL)
+    tokenizer = load_tokenizer(model_path)
     train = encode_absa_splits(splits, tokenizer, 128)["train"]
     collator = (benchlib.FixedPadCollator(tokenizer, spec["pad"]) if spec["pad"]
                 else AspectCollator(tokenizer, share_texts=False))  # per-batch padding, one pass per example
-    model = benchlib.trainer_model()
+    model = benchlib.trainer_model(model=model_path)
     pacer.dims = benchlib.encoder_dimensions(model)
 
     class Paced(TrainerCallback):
@@ -299,8 +313,8 @@ def worker_main(name: str, spec: dict, conn, options: dict, log_path: str) -> No
     try:
         with tempfile.TemporaryDirectory(prefix="bench_") as workdir:
             runner = run_product if spec["kind"] == "product" else run_trainer
-            info = runner(spec, pacer, workdir)
-        conn.send({"kind": "done", "info": {**info, "threads": torch.get_num_threads()}})
+            info = runner(spec, pacer, workdir, options["model"])
+        conn.send({"kind": "done", "info": {**info, "threads": torch.get_num_threads(), "dims": pacer.dims}})
     except BaseException as error:  # noqa: BLE001 - reported to the parent, which stops the benchmark
         traceback.print_exc()
         conn.send({"kind": "error", "error": f"{type(error).__name__}: {error}"})
@@ -313,6 +327,7 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", choices=sorted(SETS), default="contenders")
+    parser.add_argument("--model", default=benchlib.MODEL, help="A local model folder (default: the embedded MiniLM).")
     parser.add_argument("--only", default=None, help="Comma-separated contender names of the set to run.")
     parser.add_argument("--warmup-steps", type=int, default=8)
     parser.add_argument("--steps-per-round", type=int, default=4)
@@ -359,7 +374,7 @@ def measure(options, workers: dict) -> None:
 
     context = multiprocessing.get_context("spawn")
     Path(options.logs).mkdir(parents=True, exist_ok=True)
-    worker_options = {"threads": options.threads, "warmup_steps": options.warmup_steps,
+    worker_options = {"model": options.model, "threads": options.threads, "warmup_steps": options.warmup_steps,
                       "steps_per_round": options.steps_per_round, "rounds": options.rounds}
     for index, (name, spec) in enumerate(contenders.items()):  # one at a time, so start-up does not overlap
         parent_end, child_end = context.Pipe()
@@ -412,6 +427,19 @@ def measure(options, workers: dict) -> None:
         worker["process"].join(timeout=60)
     peaks_after = benchlib.matmul_peaks()
     peaks = {key: max(peaks[key], peaks_after[key]) for key in peaks}
+    shape_limits = {}  # (padded tokens per step, precision) -> GFLOP/s of the step's own matrix products
+    for name, worker in workers.items():
+        precision = worker["info"]["precision"]
+        tokens = round(sum(w["padded_tokens"] for w in worker["windows"]) / (options.steps_per_round * options.rounds))
+        if (tokens, precision) not in shape_limits:
+            native = precision == "fp32" or benchlib.bf16_native()
+            shape_limits[tokens, precision] = benchlib.step_shape_rate(
+                worker["info"]["dims"], tokens, torch.bfloat16 if precision == "bf16" else torch.float32,
+                seconds=1.5 if native else 0.2)  # emulated bf16 is slow; a short look shows how slow
+        worker["shape_limit"] = {"tokens_per_step": tokens, "gflops": shape_limits[tokens, precision]}
+        print(f"shape limit of {name}: {tokens} padded tokens per step x hidden {worker['info']['dims']['hidden']} / "
+              f"intermediate {worker['info']['dims']['intermediate']}, {precision}: "
+              f"{shape_limits[tokens, precision]:.0f} GFLOP/s", flush=True)
 
     # Headline numbers from the rounds in which no other process took more than --max-other-cores during any
     # contender's window (every round holds the same batches for every length-grouped contender); all rounds if none.
@@ -428,6 +456,8 @@ def measure(options, workers: dict) -> None:
             "padded_tokens_per_s": sum(w["padded_tokens"] for w in windows) / seconds,
             "useful_gflops": sum(w["flops"] for w in windows) / seconds / 1e9,
             "useful_mfu": sum(w["flops"] for w in windows) / seconds / 1e9 / peaks[precision],
+            "shape_limit_share": sum(w["flops"] for w in windows) / seconds / 1e9 / worker["shape_limit"]["gflops"],
+            "shape_limit": worker["shape_limit"],
             "peak_rss_mib": max(w["rss_mib"] for w in worker["windows"]), "steps": options.steps_per_round * len(windows),
             "samples": samples, "seconds": seconds,
             "all_rounds_samples_per_s": [w["samples"] / w["seconds"] for w in worker["windows"]],
@@ -442,10 +472,15 @@ def measure(options, workers: dict) -> None:
           f"(this benchmark's own {options.threads} threads included)")
     print("tokens/s: the real tokens of the examples trained on; encoded: the real tokens through the encoder (fewer "
           "when a sentence's aspects share one pass); MFU counts the encoded ones")
-    print(f"{'contender':42} {'samples/s':>9} {'tokens/s':>8} {'encoded':>8} {'prec':>5} {'MFU':>6} {'RSS MiB':>8}")
+    print("MFU: of the 2048^3 matmul peak; shape %: of the step's own matrix products at its shapes (shape limit, "
+          "GFLOP/s, at the padded tokens per step)")
+    print(f"{'contender':42} {'samples/s':>9} {'tokens/s':>8} {'encoded':>8} {'prec':>5} {'GFLOP/s':>7} {'MFU':>6} "
+          f"{'shape %':>7} {'limit':>6} {'tok/step':>8} {'RSS MiB':>8}")
     for name, row in rows.items():
         print(f"{name:42} {row['samples_per_s']:9.1f} {row['tokens_per_s']:8.0f} {row['encoded_tokens_per_s']:8.0f} "
-              f"{row['precision']:>5} {row['useful_mfu']:6.1%} {row['peak_rss_mib']:8.0f}")
+              f"{row['precision']:>5} {row['useful_gflops']:7.0f} {row['useful_mfu']:6.1%} "
+              f"{row['shape_limit_share']:7.1%} {row['shape_limit']['gflops']:6.0f} "
+              f"{row['shape_limit']['tokens_per_step']:8d} {row['peak_rss_mib']:8.0f}")
     ratios = {}
     pairs = ([(a, o) for a in ("a", "a_fp32") if a in rows for o in ("b", "c", "c_fp32") if o in rows]
              or [(names[0], other) for other in names[1:]])
@@ -463,8 +498,12 @@ def measure(options, workers: dict) -> None:
                                          if unreadable else ""))
     print(benchlib.cpu_line())
     print(f"\n$ {command}")
-    output = Path(options.output or benchlib.ROOT / "bench" / "results" / f"train_{options.set}.json")
-    benchlib.write_results(output, {"command": command, "environment": env, "peaks_gflops": peaks,
+    model_name = "" if options.model == benchlib.MODEL else "_" + Path(options.model).name
+    output = Path(options.output or benchlib.ROOT / "bench" / "results" / f"train_{options.set}{model_name}.json")
+    benchlib.write_results(output, {"command": command, "model": options.model, "environment": env,
+                                    "peaks_gflops": peaks, "shape_limits_gflops": {
+                                        f"{tokens} tokens {precision}": rate
+                                        for (tokens, precision), rate in shape_limits.items()},
                                     "load_average_rounds": {"before": load_before, "after": load_after},
                                     "protocol": worker_options, "rounds_used": use, "clean_rounds": clean_rounds,
                                     "results": rows, "ratios": ratios})

@@ -1,0 +1,51 @@
+"""The training benchmarks run on any local model and report the step's shape limit (bench/README.md quotes them)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+import benchlib  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not Path(benchlib.DATASET).is_dir(), reason="needs ../shared/data (Laptop14)")
+
+
+def test_step_shape_rate_counts_the_step_s_matrix_products(monkeypatch):
+    # 6 linear layers of one encoder layer, each forward + 2 gradient products: 3 x 2 x tokens x in x out FLOPs.
+    calls = []
+    real_linear, real_matmul = torch.nn.functional.linear, torch.matmul
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda x, w: calls.append(("linear", x.shape, w.shape))
+                        or real_linear(x, w))
+    monkeypatch.setattr(torch, "matmul", lambda a, b: calls.append(("matmul", a.shape, b.shape)) or real_matmul(a, b))
+    rate = benchlib.step_shape_rate({"hidden": 8, "intermediate": 32}, 5, torch.float32, seconds=0.0)
+    assert rate > 0
+    first_pass = calls[:18]
+    assert [kind for kind, *_ in first_pass] == ["linear", "matmul", "matmul"] * 6
+    assert first_pass[0][1:] == (torch.Size([5, 8]), torch.Size([8, 8]))  # query: tokens x hidden, out x in
+    assert first_pass[12][1:] == (torch.Size([5, 8]), torch.Size([32, 8]))  # feed-forward up
+    assert first_pass[14][1:] == (torch.Size([32, 5]), torch.Size([5, 8]))  # its weight gradient: out x in
+    assert first_pass[15][1:] == (torch.Size([5, 32]), torch.Size([8, 32]))  # feed-forward down
+
+
+def test_train_throughput_on_a_local_model_reports_the_shape_limit(tiny_model_dirs, tmp_path):
+    model, output = tiny_model_dirs["bert"], tmp_path / "train.json"
+    subprocess.run([sys.executable, "bench/train_throughput.py", "--model", str(model), "--only", "a,c_fp32",
+                    "--rounds", "2", "--warmup-steps", "1", "--steps-per-round", "1", "--output", str(output),
+                    "--logs", str(tmp_path / "logs")], cwd=ROOT, check=True, capture_output=True, text=True,
+                   timeout=600)
+    results = json.loads(output.read_text())
+    assert results["model"] == str(model) and results["command"].startswith("python bench/train_throughput.py")
+    for name in ("a", "c_fp32"):
+        row = results["results"][name]
+        limit = row["shape_limit"]
+        assert limit["gflops"] > 0 and 0 < limit["tokens_per_step"] <= 16 * 128
+        assert row["shape_limit_share"] == pytest.approx(row["useful_gflops"] / limit["gflops"])
+    # The trainer contender encodes each aspect's sentence again: at least as many padded tokens per step.
+    assert (results["results"]["c_fp32"]["shape_limit"]["tokens_per_step"]
+            >= results["results"]["a"]["shape_limit"]["tokens_per_step"])
+    assert set(results["ratios"]) == {"a/c_fp32"}
