@@ -1,6 +1,7 @@
 """Evaluate a fine-tuned ABSA model on a labelled split, or predict aspect sentiment with it, up to corpus scale.
 
     python use_absa.py evaluate runs/laptops/best_model --dataset ../shared/data/semeval2014_laptops
+    python use_absa.py evaluate runs/laptops/seed_*/best_model --dataset ...    # an ensemble: mean probabilities
     python use_absa.py predict runs/laptops/best_model --input reviews.jsonl --output predictions.csv [--resume]
     python use_absa.py predict runs/laptops/best_model --text "The battery lasts but the screen is dim" \\
         --aspect battery --aspect screen
@@ -11,6 +12,8 @@ Reads top to bottom: the arguments, then each mode as data -> model -> predict -
 (absa/predictor.py) opens the model folder and runs the batches; `evaluate` shares the batches of a split between
 the processes, `predict --input` streams the file in chunks (absa/corpus.py), `predict --text` runs on the main
 process. What concerns every process (is the input good, what is left to do) is decided once and handed to all.
+Several model folders are one ensemble (absa.predictor.AbsaEnsemble): the same modes, on the mean of their
+probabilities.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from absa.corpus import OUTPUT_TYPES, check_output, check_tsv_cells, predict_cor
 from absa.evaluation import evaluation_name, read_split, report, score
 from absa.files import NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError, write_atomically
 from absa.launch import MIXED_PRECISIONS, check_distributed_setup, decided_by_main, end_run
-from absa.predictor import AbsaPredictor, softmax
+from absa.predictor import AbsaPredictor, open_predictor, refuse_disagreement, softmax
 from absa.reports import plot_confusion_matrix, write_json
 
 PREDICT_HELP = f"""Predict the sentiment towards each aspect.
@@ -55,11 +58,15 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         "written by finetune_absa.py (its best_model folder), on one process or many.",
         epilog="examples:\n  use_absa.py evaluate runs/laptops/best_model --dataset data/sample_laptops\n"
                "  use_absa.py predict runs/laptops/best_model --input reviews.jsonl --output predictions.csv\n"
+               "  use_absa.py evaluate runs/laptops/seed_1/best_model runs/laptops/seed_2/best_model --dataset "
+               "data/sample_laptops\n"
                f"  use_absa.py predict runs/laptops/best_model --text \"The {MARK_START}battery{MARK_END} lasts\"\n"
                "`use_absa.py evaluate --help` and `use_absa.py predict --help` list each mode's options.")
     modes = parser.add_subparsers(dest="mode", required=True, metavar="{evaluate,predict}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("model", metavar="MODEL_DIR", help="a model folder written by finetune_absa.py")
+    common.add_argument("model", metavar="MODEL_DIR", nargs="+",
+                        help="a model folder written by finetune_absa.py; several (the seeds of a recipe) are an "
+                             "ensemble that averages their probabilities")
     common.add_argument("--batch_size", type=int, default=64, help="inputs per batch and process (default: 64)")
     common.add_argument("--mixed_precision", choices=MIXED_PRECISIONS, default=None,
                         help="no (fp32), fp16 or bf16 autocast, auto (bf16 where native). Default: the precision the "
@@ -75,7 +82,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                     "(contrastive_test), else the dataset's name and the split (semeval2014_laptops_test).")
     evaluate.add_argument("--dataset", default=None, help="a folder of split files, one file, or a Hub dataset name")
     evaluate.add_argument("--split", default="test", choices=("train", "validation", "test"),
-                          help="train and validation are rebuilt as training made them (absa_validation_split)")
+                          help="train and validation are rebuilt as training made them (absa_validation_split); "
+                               "with several MODEL_DIRs only test")
     for split in ("train", "validation", "test"):
         evaluate.add_argument(f"--{split}_file", default=None, help=f"a file to use as the {split} split")
     evaluate.add_argument("--validation_fraction", type=float, default=None,
@@ -84,7 +92,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                           help="of a carved validation split (default: the model's; another value is refused)")
     evaluate.add_argument("--numeric_labels", default=None, choices=NUMERIC_LABELS,
                           help="default: as in the model's training. " + NUMERIC_LABELS_HELP.split(". ", 1)[1])
-    evaluate.add_argument("--output_dir", default=None, help="default: the folder that holds MODEL_DIR")
+    evaluate.add_argument("--output_dir", default=None,
+                          help="default: the folder that holds MODEL_DIR (several: the one that holds them all)")
 
     predict = modes.add_parser("predict", parents=[common], formatter_class=formatter, description=PREDICT_HELP,
                                help="the sentiment of each aspect, from a file or from the command line")
@@ -126,11 +135,15 @@ def main(argv=None) -> None:
     # Problems with the user's input end as one line naming the file / row / field, not as a traceback. Every
     # process meets the same problem (the decisions are shared); the main process says it.
     try:
-        try:  # the model folder, opened once: config, tokenizer, max_length, input format, labels, precision
-            predictor = AbsaPredictor(args.model, batch_size=args.batch_size, mixed_precision=args.mixed_precision,
-                                      max_length=args.max_length, accelerator=accelerator)
-        except ValueError as error:  # a --max_length or --mixed_precision this model or machine cannot take
-            raise SystemExit(f"{args.model}: {error}") from None
+        if args.mode == "evaluate" and len(args.model) > 1 and args.split != "test":
+            raise SystemExit(f"--split {args.split} with {len(args.model)} model folders: each seed carved its own "
+                             "validation split from train (rows the others trained on); evaluate on --split test, or "
+                             "give a file with --test_file")
+        try:  # each model folder, opened once: config, tokenizer, max_length, input format, labels, precision
+            predictor = open_predictor(args.model, batch_size=args.batch_size, mixed_precision=args.mixed_precision,
+                                       max_length=args.max_length, accelerator=accelerator)
+        except ValueError as error:  # a --max_length or --mixed_precision a model or this machine cannot take
+            raise SystemExit(str(error)) from None
         if predictor.note:
             accelerator.print(predictor.note, file=sys.stderr)
         if args.mode == "evaluate":
@@ -155,17 +168,23 @@ def main(argv=None) -> None:
 def evaluate(args, predictor: AbsaPredictor) -> None:
     # Outputs and data first (a problem shows before a large model loads), labels in the model's order.
     accelerator = predictor.accelerator
-    output = Path(args.output_dir) if args.output_dir else Path(args.model).resolve().parent
+    output = (Path(args.output_dir) if args.output_dir
+              else Path(os.path.commonpath([Path(model).resolve().parent for model in args.model])))
     name = evaluation_name(args)
     json_path, png_path = (output / f"evaluation_{name}.json", output / f"evaluation_{name}_confusion_matrix.png")
     decided_by_main(accelerator, check_output, [json_path, png_path], args.overwrite)
+    if args.numeric_labels is None:  # the labels are read by the members' rule: one rule
+        rules = [getattr(member.config, "absa_numeric_labels", None) or "auto" for member in predictor.members]
+        refuse_disagreement(args.model, rules, "absa_numeric_labels", "; choose one with --numeric_labels")
     rows, where = read_split(args, predictor.config)
-    accelerator.print(f"evaluating {args.model} on {where}: {len(rows)} examples, max_length {predictor.max_length}")
+    accelerator.print(f"evaluating {', '.join(args.model)} on {where}: {len(rows)} examples, "
+                      f"max_length {predictor.max_length}")
     results, predictions = score(predictor, rows, where)
 
     if accelerator.is_main_process:
         print(report(results, [row["label"] for row in rows], predictions, predictor.describe()))
-        write_json(json_path, {"model": str(args.model), "split": args.split, **results})  # makes the folder
+        model = args.model[0] if len(args.model) == 1 else args.model  # one folder: a string, as before
+        write_json(json_path, {"model": model, "split": args.split, **results})  # makes the folder
         plot_confusion_matrix(results["confusion_matrix"], predictor.label_names, png_path,
                               title=f"Confusion matrix ({name}, {len(rows)} examples)")
         print(f"wrote {json_path} and {png_path}")

@@ -166,11 +166,16 @@ def spans_of_chunk(chunk, file) -> list:
 def describe_run(source, chunk_size: int, predictor, survey: dict) -> dict:
     """What the output's bytes depend on: a resumed run must match the interrupted one in all of it (the number of
     processes may differ)."""
-    source, weights = Path(source).resolve(), predictor.folder.resolve() / WEIGHTS_NAME
-    if not weights.is_file():  # every process alike, before the run folder is made
-        raise SystemExit(f"{predictor.folder}: cannot load the ABSA model (no {WEIGHTS_NAME})")
+    source = Path(source).resolve()
+    weights = [member.folder.resolve() / WEIGHTS_NAME for member in predictor.members]  # an ensemble has several
+    for member, file in zip(predictor.members, weights):
+        if not file.is_file():  # every process alike, before the run folder is made
+            raise SystemExit(f"{member.folder}: cannot load the ABSA model (no {WEIGHTS_NAME})")
+    models, modified = [str(file.parent) for file in weights], [file.stat().st_mtime_ns for file in weights]
+    if len(weights) == 1:  # one model: recorded as before, so that a run started earlier resumes
+        models, modified = models[0], modified[0]
     return {"input": str(source), "input_bytes": source.stat().st_size, "input_modified_ns": source.stat().st_mtime_ns,
-            "model": str(weights.parent), "model_modified_ns": weights.stat().st_mtime_ns,
+            "model": models, "model_modified_ns": modified,
             "chunk_size": chunk_size, "batch_size": predictor.batch_size, "max_length": predictor.max_length,
             "input_format": predictor.input_format, "mixed_precision": predictor.mixed_precision,
             "rows": survey["rows"], "chunks": survey["chunks"]}

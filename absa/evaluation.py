@@ -49,17 +49,18 @@ def read_split(args, config) -> tuple[list[dict], str]:
     label_names = [config.id2label[i] for i in range(config.num_labels)]
     numeric_labels = args.numeric_labels or getattr(config, "absa_numeric_labels", None) or "auto"
     record = getattr(config, "absa_validation_split", None)
+    model = ", ".join(map(str, args.model))  # the model folder (use_absa.py refuses train and validation for several)
     single = split_file(args)
     if single:
         # One file is the whole split. load_absa_splits would take it as a train split and carve a validation
         # share off it.
         rows = read_absa_file(single, label_names, numeric_labels)
         if getattr(args, f"{args.split}_file"):
-            check_rebuilt_split(record, args.model, args.split, rows, single, carved=False)
+            check_rebuilt_split(record, model, args.split, rows, single, carved=False)
         return rows, str(single)
     if not args.dataset:
         raise SystemExit(f"evaluate needs --dataset (a folder, file or Hub name) or --{args.split}_file")
-    recipe = rebuild_recipe(record, args.model, args.split, args.validation_fraction, args.seed)
+    recipe = rebuild_recipe(record, model, args.split, args.validation_fraction, args.seed)
     splits = load_absa_splits(args.dataset, train_file=args.train_file, validation_file=args.validation_file,
                               test_file=args.test_file, label_names=label_names, numeric_labels=numeric_labels,
                               **recipe)
@@ -67,7 +68,7 @@ def read_split(args, config) -> tuple[list[dict], str]:
         raise DataError(args.dataset, f"no {args.split} split (it has {', '.join(splits)}); choose one with --split "
                         f"or give --{args.split}_file")
     rows = splits[args.split].to_list()
-    check_rebuilt_split(record, args.model, args.split, rows, args.dataset,
+    check_rebuilt_split(record, model, args.split, rows, args.dataset,
                         carved=splits.validation_split["made"] == "carved")
     return rows, f"{args.dataset} [{args.split}]"
 

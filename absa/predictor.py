@@ -8,6 +8,7 @@ probabilities, on one process (the Python API) or under an Accelerator on many (
     #   "text": ..., "aspect": "battery", "start": 4, "end": 11}, {...}]
     predictor.predict(["The [B-ASP]screen[E-ASP] is dim"])          # the aspect marked in the text
     predictor.predict_probabilities(texts, aspects)                 # numpy [N, classes], columns = label_names
+    ensemble = open_predictor(["runs/s1/best_model", "runs/s2/best_model"])  # the seeds' mean probabilities
 
 An aspect is placed in its text by `absa.aspects.resolve_aspect`: offsets, else `[B-ASP]...[E-ASP]` markers, else the
 N-th whole-word occurrence in any case (`occurrence`, default the first; parts of words only when no whole word
@@ -21,6 +22,7 @@ first. Batches are sorted by length (little padding); results always come back i
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from functools import cached_property
@@ -90,6 +92,11 @@ class AbsaPredictor:
     def from_pretrained(cls, folder: str | Path, **settings) -> AbsaPredictor:
         """The Hugging Face spelling of `AbsaPredictor(folder, ...)`."""
         return cls(folder, **settings)
+
+    @property
+    def members(self) -> list[AbsaPredictor]:
+        """The model folders that predict (an ensemble has several)."""
+        return [self]
 
     @cached_property
     def model(self) -> AbsaClassifier:
@@ -202,6 +209,89 @@ class AbsaPredictor:
 
     def describe(self) -> str:
         return "fp32" if self.mixed_precision == "no" else f"{self.mixed_precision} autocast"
+
+
+class AbsaEnsemble(AbsaPredictor):
+    """Several ABSA model folders (the seeds of a recipe) used as one model: the mean of their probabilities.
+
+    Used as an AbsaPredictor is (the same `predict`, `predict_probabilities`, `encode`, `logits`...). Each member
+    keeps its own tokenizer, input format, max_length and precision; the settings given apply to each. `logits` are
+    log(mean of the members' softmax), so that softmax gives the mean probabilities and cross-entropy is the
+    ensemble's negative log-likelihood. Members whose label names differ are refused before anything loads.
+    """
+
+    def __init__(self, folders: Sequence[str | Path], **settings):
+        if isinstance(folders, (str, Path)):
+            raise TypeError("folders must be a list of model folders (got one)")
+        folders = list(folders)
+        configs = [AbsaClassifier.read_config(Path(folder)) for folder in folders]  # before tokenizers and weights
+        refuse_disagreement(folders, [list(config.id2label.values()) for config in configs],
+                            "label names (id2label, in order)")
+        self._members = [opened(folder, **settings) for folder in folders]
+        first = self._members[0]
+        self.config, self.label_names, self.accelerator = first.config, first.label_names, first.accelerator
+        self.device, self.batch_size = first.device, first.batch_size
+        # A single value when the members agree (as for one model), else one per member.
+        self.max_length, self.input_format, self.mixed_precision = (
+            agreed([getattr(member, name) for member in self.members])
+            for name in ("max_length", "input_format", "mixed_precision"))
+        self.note = "\n".join(f"{member.folder}: {member.note}" for member in self.members if member.note) or None
+
+    @property
+    def members(self) -> list[AbsaPredictor]:
+        return self._members
+
+    @property
+    def model(self) -> list[AbsaClassifier]:
+        return [member.model for member in self.members]
+
+    def encode(self, spans: Sequence[AspectSpan], source: str = "input") -> list[tuple]:
+        """One row per span: each member's own features."""
+        return list(zip(*(member.encode(spans, source) for member in self.members)))
+
+    def check_fit(self, spans: Sequence[AspectSpan], labels, file) -> None:
+        for member in self.members:
+            member.check_fit(spans, labels, file)
+
+    def logits(self, features: list[tuple], shared: bool = False, progress=None) -> np.ndarray:
+        """log(mean of the members' probabilities), each member's from its own batch loop."""
+        last = len(self.members) - 1
+        log_probabilities = torch.stack([  # the progress counts each row once: the last member's
+            torch.log_softmax(torch.as_tensor(member.logits([row[k] for row in features], shared,
+                                                            progress if k == last else None)), dim=-1)
+            for k, member in enumerate(self.members)])
+        return (torch.logsumexp(log_probabilities, dim=0) - math.log(len(self.members))).numpy()
+
+    def describe(self) -> str:
+        return f"an ensemble of {len(self.members)} models (mean probabilities): " + ", ".join(
+            f"{Path(*member.folder.parts[-2:])} {member.describe()}" for member in self.members)
+
+
+def open_predictor(folders: str | Path | Sequence[str | Path], **settings) -> AbsaPredictor:
+    """An AbsaPredictor for one model folder, an AbsaEnsemble for several; settings a folder cannot take are a
+    ValueError that names it."""
+    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+    return opened(folders[0], **settings) if len(folders) == 1 else AbsaEnsemble(folders, **settings)
+
+
+def opened(folder: str | Path, **settings) -> AbsaPredictor:
+    try:
+        return AbsaPredictor(folder, **settings)
+    except ValueError as error:
+        raise ValueError(f"{folder}: {error}") from None
+
+
+def refuse_disagreement(folders: Sequence, values: list, field: str, remedy: str = "") -> None:
+    """A one-line SystemExit naming the first folder whose `field` differs from the first folder's."""
+    for folder, value in zip(folders[1:], values[1:]):
+        if value != values[0]:
+            raise SystemExit(f"{folders[0]} and {folder} cannot form an ensemble: their {field} differ "
+                             f"({values[0]} vs {value}){remedy}")
+
+
+def agreed(values: list):
+    """The members' one value, else the list of them."""
+    return values[0] if all(value == values[0] for value in values) else values
 
 
 def resolve_precision(choice: str | None, recorded: str | None, device) -> tuple[str, str | None]:
