@@ -170,7 +170,8 @@ def evaluate(args, predictor: AbsaPredictor) -> None:
     accelerator = predictor.accelerator
     output = (Path(args.output_dir) if args.output_dir
               else Path(os.path.commonpath([Path(model).resolve().parent for model in args.model])))
-    name = evaluation_name(args)
+    # An ensemble's results are named apart: the folder that holds its members may hold one member's own results.
+    name = ("ensemble_" if len(args.model) > 1 else "") + evaluation_name(args)
     json_path, png_path = (output / f"evaluation_{name}.json", output / f"evaluation_{name}_confusion_matrix.png")
     decided_by_main(accelerator, check_output, [json_path, png_path], args.overwrite)
     if args.numeric_labels is None:  # the labels are read by the members' rule: one rule

@@ -9,6 +9,8 @@
     python bench/quality.py table                         # mean and range of every group measured so far
     python bench/quality.py recipes --models minilm mpnet=/path/to/mpnet --datasets laptop14 \
         --recipes today metric_for_best_model=macro_f1 --seeds 42 1 2 3 4   # recipes x encoders x data sets
+    python bench/quality.py ensembles --models minilm --datasets laptop14 --recipes select_f1 --seeds 42 1 2 3 4
+        # the seeds' best models of a recipe as one ensemble (use_absa.py, mean probabilities), on test
 
 recipes: each recipe is today's recipe for that encoder (TODAY: the script's defaults before tuning, pinned;
 --learning_rate 5e-5 for MiniLM) plus its own flags: a preset name of RECIPES, or FLAG=VALUE[,FLAG=VALUE...] of
@@ -228,6 +230,42 @@ def run_recipe(seed: int, model: str, path: str, dataset: str, recipe: str, outp
     return {**row, "model": model, "dataset": dataset, "recipe": recipe, "readme_examples": readme_examples(best)}
 
 
+def run_ensemble(model: str, dataset: str, recipe: str, seeds, runs_root: Path) -> dict:
+    """The best models of a recipe's seeds as one ensemble (`use_absa.py evaluate` with every folder) on test, next
+    to the members' own test scores."""
+    latest = {row["seed"]: row for row in read_rows() if row["group"] == recipe_group(model, dataset, recipe)}
+    members = [latest[seed] for seed in seeds if seed in latest and (runs_root / latest[seed]["output_dir"]
+                                                                      / "best_model").is_dir()]
+    if len(members) < 2:
+        raise SystemExit(f"{recipe_group(model, dataset, recipe)}: fewer than 2 of seeds {seeds} have a best model "
+                         f"under {runs_root}")
+    folders = [str(runs_root / row["output_dir"] / "best_model") for row in members]
+    output = runs_root / "runs" / "quality" / "ensembles" / slug(f"{model}_{dataset}_{recipe}")
+    command = [sys.executable, "use_absa.py", "evaluate", *folders, "--dataset", DATASETS[dataset], "--split", "test",
+               "--output_dir", str(output), "--overwrite"]
+    print("$ python " + " ".join(command[1:]), flush=True)
+    started = time.time()
+    subprocess.run(command, cwd=benchlib.ROOT, check=True)
+    results = json.loads(next(output.glob("evaluation_ensemble_*.json")).read_text())
+    return {"group": f"ensemble {model} {dataset} {recipe}", "seed": "+".join(str(row["seed"]) for row in members),
+            "model": model, "dataset": dataset, "recipe": recipe, "members": [row["seed"] for row in members],
+            "test_accuracy": results["accuracy"], "test_macro_f1": results["macro_f1"],
+            "members_test_macro_f1": [row["test_macro_f1"] for row in members],
+            "members_test_accuracy": [row["test_accuracy"] for row in members],
+            "wall_seconds": time.time() - started, "command": "python " + " ".join(command[1:])}
+
+
+def summarize_ensembles(rows: list[dict]) -> None:
+    ensembles = [row for row in rows if row["group"].startswith("ensemble ")]
+    if ensembles:
+        print(f"\n{'ensemble (mean probabilities)':48} {'seeds':>10} {'test macro-F1':>13} {'members mean':>12} "
+              f"{'best member':>11} {'test acc':>8} {'members acc':>11}")
+    for row in ensembles:
+        print(f"{row['group'][9:]:48} {row['seed']:>10} {100 * row['test_macro_f1']:>13.1f} "
+              f"{100 * np.mean(row['members_test_macro_f1']):>12.1f} {100 * max(row['members_test_macro_f1']):>11.1f} "
+              f"{100 * row['test_accuracy']:>8.1f} {100 * np.mean(row['members_test_accuracy']):>11.1f}")
+
+
 def recipe_group(model: str, dataset: str, recipe: str) -> str:
     return f"recipe {model} {dataset} {recipe}"
 
@@ -285,7 +323,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", nargs="?", default="compare",
-                        choices=("compare", "seed", "product", "sweep", "formats", "recipes", "table"))
+                        choices=("compare", "seed", "product", "sweep", "formats", "recipes", "ensembles", "table"))
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS),
                         help="formats: the data sets")
     parser.add_argument("--formats", nargs="+", default=["td_bert", "aspect_markers", "sentence_pair"],
@@ -302,6 +340,8 @@ def main() -> None:
     parser.add_argument("--values", nargs="+", default=["1e-5", "3e-5", "1e-4"], help="sweep: its values")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--output-root", default="runs/quality")
+    parser.add_argument("--runs-root", default=str(benchlib.ROOT), help="ensembles: the checkout whose runs/ holds "
+                        "the recipes' best models (the runs' output_dir is relative to it)")
     parser.add_argument("--results", default=None, help="the JSONL file runs are appended to (default: "
                         "bench/results/quality.jsonl)")
     parser.add_argument("--rerun-seed-recipe", action="store_true", help="compare: measure the seed recipe again")
@@ -311,9 +351,10 @@ def main() -> None:
     extra = [a for a in extra if a != "--"]
     command = benchlib.command_line()
     if options.mode == "table":
-        summarize([row for row in read_rows() if not row["group"].startswith("formats ")])
+        summarize([row for row in read_rows() if not row["group"].startswith(("formats ", "ensemble "))])
         summarize_formats(read_rows(), options.seeds)
         summarize_recipes(read_rows(), options.seeds)
+        summarize_ensembles(read_rows())
         return
     env = benchlib.environment()
     print(f"$ {command}\n{env['cpu']}, {env['cores']} cores; torch {env['torch']}, transformers "
@@ -369,6 +410,14 @@ def main() -> None:
                             continue
                         record(run_recipe, seed, model, path, dataset, recipe, options.output_root)
         summarize_recipes(read_rows(), options.seeds)
+        print(f"\n$ {command}")
+    elif options.mode == "ensembles":  # the seeds' best models of each recipe as one model, on test
+        models = [spec.split("=", 1)[0] for spec in options.models]
+        for dataset in options.datasets:
+            for model in models:
+                for recipe in options.recipes:
+                    record(run_ensemble, model, dataset, recipe, options.seeds, Path(options.runs_root).resolve())
+        summarize_ensembles(read_rows())
         print(f"\n$ {command}")
     elif options.mode == "seed":
         seed_recipes(options.seeds)

@@ -23,6 +23,7 @@ import use_absa
 TEST = base.SAMPLE / "test.jsonl"  # 100 labelled rows
 FP32 = ["--mixed_precision", "no", "--batch_size", "7"]
 EVALUATION = "evaluation_sample_laptops_test.json"
+ENSEMBLE_EVALUATION = "evaluation_ensemble_sample_laptops_test.json"  # named apart from a member's
 plain_single_process = base.plain_single_process  # autouse: every in-process run starts as one plain process
 
 
@@ -68,7 +69,8 @@ def test_ensemble_is_the_mean_of_its_members(members, tmp_path, capsys):
     assert rows[0]["text"] == base.read_jsonl(TEST)[0]["text"] and len(rows) == 100
 
     run("evaluate", members, "--test_file", TEST, "--output_dir", tmp_path, *FP32)
-    results = json.loads((tmp_path / EVALUATION).read_text())
+    assert not (tmp_path / EVALUATION).exists()
+    results = json.loads((tmp_path / ENSEMBLE_EVALUATION).read_text())
     labels = np.array([base.LABELS.index(row["label"]) for row in base.read_jsonl(TEST)])
     predicted = mean.argmax(axis=1)
     assert results["model"] == [str(folder) for folder in members] and results["examples"] == 100
@@ -132,7 +134,7 @@ def test_numeric_label_rule_given_explicitly_evaluates(members, tiny_model_dirs,
     ids = build_member(tiny_model_dirs["bert"], tmp_path / "ids", 5, numeric_labels="ids")
     run("evaluate", [members[0], ids], "--test_file", TEST, "--output_dir", tmp_path, "--numeric_labels", "auto",
         *FP32)
-    assert json.loads((tmp_path / EVALUATION).read_text())["examples"] == 100
+    assert json.loads((tmp_path / ENSEMBLE_EVALUATION).read_text())["examples"] == 100
     run("predict", [members[0], ids], "--text", "The screen is dim.", "--aspect", "screen", *FP32)  # no labels read
 
 
@@ -169,7 +171,7 @@ def test_two_cpu_processes_evaluate_an_ensemble_like_one(members, tmp_path):
                           "--standalone", "--nproc_per_node", "2"), ACCELERATE_USE_CPU="true")
     assert two.returncode == 0, two.stderr[-3000:]
     assert "with 2 process(es)" in two.stdout and two.stdout.count("wrote") == 1
-    one, two = (json.loads((tmp_path / name / EVALUATION).read_text()) for name in ("one", "two"))
+    one, two = (json.loads((tmp_path / name / ENSEMBLE_EVALUATION).read_text()) for name in ("one", "two"))
     assert (one["num_processes"], two["num_processes"], two["examples"]) == (1, 2, 100)
     assert two["confusion_matrix"] == one["confusion_matrix"] and two["accuracy"] == one["accuracy"]
     assert two["macro_f1"] == one["macro_f1"] and two["loss"] == pytest.approx(one["loss"], abs=1e-6)
