@@ -57,7 +57,9 @@ class Settings(TrainingSettings):
                               "the sentence and the aspect as a second segment. Recorded in the saved model."})
     pooling: str = field(default="max", metadata={"choices": POOLINGS, "help": "How the aspect's token states "
                                                                                  "are pooled."})
-    metric_for_best_model: str = field(default="loss", metadata={"choices": METRICS})
+    # The epoch is chosen by the metric reported: validation loss turns up epochs before macro-F1 stops rising
+    # (MiniLM on Laptop14: +4.2 points of test macro-F1, paired over 5 seeds; bench/README.md).
+    metric_for_best_model: str = field(default="macro_f1", metadata={"choices": METRICS})
     output_dir: str = "runs/absa"
     learning_rate: float = 1e-5
     num_epochs: int = 8

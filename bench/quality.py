@@ -345,6 +345,8 @@ def main() -> None:
     parser.add_argument("--results", default=None, help="the JSONL file runs are appended to (default: "
                         "bench/results/quality.jsonl)")
     parser.add_argument("--rerun-seed-recipe", action="store_true", help="compare: measure the seed recipe again")
+    parser.add_argument("--again", action="store_true", help="recipes: run seeds the results file already has (the "
+                        "newest row counts), e.g. to have their best models on disk for `ensembles`")
     options, extra = parser.parse_known_args()
     global RESULTS
     RESULTS = Path(options.results) if options.results else RESULTS
@@ -406,7 +408,7 @@ def main() -> None:
             for seed in options.seeds:  # seed-major: an interrupted sweep has every recipe on the first seeds
                 for model, path in models.items():
                     for recipe in options.recipes:
-                        if (recipe_group(model, dataset, recipe), seed) in done:
+                        if (recipe_group(model, dataset, recipe), seed) in done and not options.again:
                             continue
                         record(run_recipe, seed, model, path, dataset, recipe, options.output_root)
         summarize_recipes(read_rows(), options.seeds)

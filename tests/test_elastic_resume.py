@@ -367,13 +367,14 @@ def test_a_skipped_optimizer_step_keeps_the_schedule_at_the_global_step(tiny_mod
 def test_a_checkpoint_resumed_with_another_selection_metric_is_refused(tiny_model_dirs, synthetic_folder, tmp_path):
     # The run's best value is a validation loss (about 1.1); resumed with --metric_for_best_model accuracy, each
     # accuracy was compared with that loss as if it were an accuracy, and the best model chosen by it, silently.
-    run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 2)
+    run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 2,
+             "--metric_for_best_model", "loss")
     with pytest.raises(SystemExit, match="selects the best model by loss on the validation split"):
         run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 4,
                  "--metric_for_best_model", "accuracy", "--resume_from_checkpoint", "latest")
     with pytest.raises(SystemExit, match="--select_on_test false"):
         run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 4,
-                 "--select_on_test", "true", "--resume_from_checkpoint", "latest")
+                 "--metric_for_best_model", "loss", "--select_on_test", "true", "--resume_from_checkpoint", "latest")
 
 
 def test_a_nan_first_evaluation_does_not_stay_best():

@@ -136,7 +136,7 @@ def test_early_stopping_on_a_scripted_sequence(tiny_model_dirs, synthetic_folder
     # The rules as finetune_absa.py's loop writes them: loss is minimised, patience counts evaluations since the best.
     scripted_validation(monkeypatch, "loss", [1.0, 0.8, 0.9, 0.85, 0.95, 0.7])
     results = run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "loss", "--eval_every_steps", 1,
-                       "--early_stopping_patience", 3)
+                       "--metric_for_best_model", "loss", "--early_stopping_patience", 3)
     seen = [row["is_best"] for row in results["validation_history"]]
     assert seen == [True, True, False, False, False]  # stops after the 5th evaluation, never sees 0.7
     assert results["optimizer_steps"] == 5 and results["test"]["loss"] == 0.7  # 0.7 went to the test evaluation
@@ -409,7 +409,7 @@ def test_the_new_best_decision_is_the_main_processes(tiny_model_dirs, synthetic_
     (tmp_path / "probe.py").write_text(DECISION_PROBE)
     done = torchrun(tmp_path / "probe.py", "--model_name_or_path", tiny_model_dirs["bert"], "--dataset",
                     synthetic_folder, "--output_dir", tmp_path / "run", "--max_steps", 2, "--eval_every_steps", 1,
-                    PYTHONPATH=str(ROOT))
+                    "--metric_for_best_model", "loss", PYTHONPATH=str(ROOT))
     assert done.returncode == 0, done.stderr[-4000:]
     for rank in (0, 1):
         assert f"rank {rank} of 2: is_best [True, True], best 0.4" in done.stdout, done.stdout
