@@ -224,6 +224,8 @@ class AbsaEnsemble(AbsaPredictor):
         if isinstance(folders, (str, Path)):
             raise TypeError("folders must be a list of model folders (got one)")
         folders = list(folders)
+        if not folders:
+            raise ValueError("no model folder given")
         configs = [AbsaClassifier.read_config(Path(folder)) for folder in folders]  # before tokenizers and weights
         refuse_disagreement(folders, [label_names_of(config) for config in configs], "label names (by label id)")
         self._members = [opened(folder, **settings) for folder in folders]
