@@ -77,3 +77,31 @@ def test_resume_refuses_the_members_in_another_order(members, tmp_path, monkeypa
         use_absa.main([str(a) for a in ["predict", *members, *argv]])
     message = base.exit_message(["predict", *members[::-1], *argv, "--resume"])
     assert "cannot resume" in message and "model" in message
+
+
+@pytest.mark.multiprocess
+def test_two_cpu_processes_evaluate_three_rows_like_one(members, tmp_path):
+    """3 examples, batch size 2, 2 processes: the second process's last batch is padded by accelerate."""
+    test = tmp_path / "data" / "test.jsonl"
+    test.parent.mkdir()
+    test.write_text("".join(line + "\n" for line in seeds.TEST.read_text().splitlines()[:3]))
+    argv = ["evaluate", *members, "--test_file", test, "--mixed_precision", "no", "--batch_size", 2]
+    use_absa.main([str(a) for a in [*argv, "--output_dir", tmp_path / "one"]])
+    two = base.run_script([*argv, "--output_dir", tmp_path / "two"], launcher=(
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"), ACCELERATE_USE_CPU="true")
+    assert two.returncode == 0, two.stderr[-3000:]
+    one, two = (json.loads((tmp_path / name / "evaluation_ensemble_data_test.json").read_text())
+                for name in ("one", "two"))
+    assert two["examples"] == 3 and two["confusion_matrix"] == one["confusion_matrix"]
+    assert two["loss"] == pytest.approx(one["loss"], abs=1e-6)
+
+
+@pytest.mark.parametrize("label_names", [["Negative", "Neutral", "Positive"], ["negative", "positive"],
+                                         ["negative", "neutral", "positive", "conflict"]])
+def test_label_names_in_another_case_or_number_are_refused(members, tiny_model_dirs, tmp_path, label_names):
+    other = build_member(tiny_model_dirs["bert"], tmp_path / "other", 7, label_names=label_names)
+    for argv in (["predict", members[0], other, "--text", "The screen is dim.", "--aspect", "screen"],
+                 ["evaluate", other, members[0], "--test_file", seeds.TEST, "--output_dir", tmp_path]):
+        message = base.exit_message(argv)
+        assert "cannot form an ensemble" in message and "label names" in message
+    assert not list(tmp_path.glob("evaluation*"))
