@@ -2,6 +2,7 @@
 member's folder or the command line can hold that must be refused in one line, never averaged silently."""
 
 import json
+import os
 
 import pytest
 
@@ -105,3 +106,24 @@ def test_label_names_in_another_case_or_number_are_refused(members, tiny_model_d
         message = base.exit_message(argv)
         assert "cannot form an ensemble" in message and "label names" in message
     assert not list(tmp_path.glob("evaluation*"))
+
+
+def test_resume_takes_the_same_members_spelled_otherwise(members, tmp_path, monkeypatch):
+    """Relative paths with a trailing slash name the same folders as the absolute ones: the run resumes, and its
+    bytes are those of an uninterrupted run."""
+    argv = ["--input", seeds.TEST, *seeds.FP32, "--chunk_size", 30]
+    use_absa.main([str(a) for a in ["predict", *members, *argv, "--output", tmp_path / "whole.csv"]])
+    output, original = tmp_path / "out.csv", PartialOutput.write_chunk
+
+    def die_on_second_chunk(self, index, data):
+        if index == 1:
+            raise KeyboardInterrupt
+        original(self, index, data)
+    monkeypatch.setattr(PartialOutput, "write_chunk", die_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        use_absa.main([str(a) for a in ["predict", *members, *argv, "--output", output]])
+    monkeypatch.setattr(PartialOutput, "write_chunk", original)
+    monkeypatch.chdir(members[0].parents[1])
+    relative = [os.path.relpath(folder) + "/" for folder in members]
+    use_absa.main(["predict", *relative, *map(str, argv), "--output", str(output), "--resume"])
+    assert output.read_bytes() == (tmp_path / "whole.csv").read_bytes()
