@@ -16,6 +16,7 @@ from .aspects import AspectSpan
 from .data import load_absa_splits, read_absa_file
 from .files import DataError
 from .metrics import single_label_metrics
+from .model import label_names_of
 from .splits import check_rebuilt_split, rebuild_recipe
 
 
@@ -46,7 +47,7 @@ def read_split(args, config) -> tuple[list[dict], str]:
 
     Labels are read as in training (the model's label names and `absa_numeric_labels`); a train or validation
     split is rebuilt as training made it (`absa_validation_split`) and checked against that record."""
-    label_names = [config.id2label[i] for i in range(config.num_labels)]
+    label_names = label_names_of(config)
     numeric_labels = args.numeric_labels or getattr(config, "absa_numeric_labels", None) or "auto"
     record = getattr(config, "absa_validation_split", None)
     model = ", ".join(map(str, args.model))  # the model folder (use_absa.py refuses train and validation for several)

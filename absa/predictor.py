@@ -38,7 +38,7 @@ from .aspects import AspectCollator, AspectError, AspectSpan, encode_aspect_batc
 from .batches import text_groups
 from .encoders import load_tokenizer
 from .files import DataError
-from .model import AbsaClassifier
+from .model import AbsaClassifier, label_names_of
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Families that number positions from pad_token_id + 1, as RoBERTa does: 514 positions hold 512 tokens.
@@ -68,7 +68,7 @@ class AbsaPredictor:
         self.config = AbsaClassifier.read_config(self.folder)  # first: says so if it is no ABSA model folder
         self.tokenizer = load_tokenizer(str(self.folder))
         self.collator = AspectCollator(self.tokenizer)
-        self.label_names = [self.config.id2label[i] for i in range(self.config.num_labels)]
+        self.label_names = label_names_of(self.config)
         self.input_format = getattr(self.config, "absa_input_format", "td_bert")  # as it was trained
         self.max_length = checked_max_length(max_length or default_max_length(
             self.tokenizer, getattr(self.config, "absa_max_length", None)), self.config.to_dict())
@@ -224,9 +224,10 @@ class AbsaEnsemble(AbsaPredictor):
         if isinstance(folders, (str, Path)):
             raise TypeError("folders must be a list of model folders (got one)")
         folders = list(folders)
+        if not folders:
+            raise ValueError("no model folder given")
         configs = [AbsaClassifier.read_config(Path(folder)) for folder in folders]  # before tokenizers and weights
-        refuse_disagreement(folders, [list(config.id2label.values()) for config in configs],
-                            "label names (id2label, in order)")
+        refuse_disagreement(folders, [label_names_of(config) for config in configs], "label names (by label id)")
         self._members = [opened(folder, **settings) for folder in folders]
         first = self._members[0]
         self.config, self.label_names, self.accelerator = first.config, first.label_names, first.accelerator
