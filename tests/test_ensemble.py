@@ -9,12 +9,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from sklearn.metrics import confusion_matrix
 
 import test_use_absa as base
 from absa.corpus import PartialOutput
-from absa.encoders import load_tokenizer
 from absa.model import AbsaClassifier
 from absa.predictor import AbsaEnsemble, AbsaPredictor, open_predictor
 
@@ -27,15 +25,7 @@ ENSEMBLE_EVALUATION = "evaluation_ensemble_sample_laptops_test.json"  # named ap
 plain_single_process = base.plain_single_process  # autouse: every in-process run starts as one plain process
 
 
-def build_member(encoder_dir, folder, seed: int, label_names=base.LABELS, **recorded):
-    """A model folder as finetune_absa.py writes one; the seed draws its head (decisive, as in test_use_absa)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AbsaClassifier.from_encoder(str(encoder_dir), label_names, **recorded)
-        torch.nn.init.normal_(model.classifier.weight, std=1.0)
-    model.save_pretrained(folder)
-    load_tokenizer(str(encoder_dir)).save_pretrained(folder)
-    return folder
+build_member = base.build_absa_model
 
 
 @pytest.fixture(scope="module")
@@ -142,13 +132,7 @@ def test_predict_resumes_an_ensemble_run(members, tmp_path, monkeypatch):
     whole = tmp_path / "whole.jsonl"
     run("predict", members, "--input", TEST, "--output", whole, *FP32, "--chunk_size", 30)
     output = tmp_path / "resumed.jsonl"
-    original = PartialOutput.write_chunk
-
-    def die_on_second_chunk(self, index, data):
-        if index == 1:
-            raise KeyboardInterrupt
-        original(self, index, data)
-    monkeypatch.setattr(PartialOutput, "write_chunk", die_on_second_chunk)
+    original = base.crash_on_second_chunk(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run("predict", members, "--input", TEST, "--output", output, *FP32, "--chunk_size", 30)
     monkeypatch.setattr(PartialOutput, "write_chunk", original)

@@ -66,13 +66,8 @@ def test_an_aspect_one_member_cannot_fit_is_refused_in_one_line(members, tiny_mo
 
 def test_resume_refuses_the_members_in_another_order(members, tmp_path, monkeypatch):
     """The mean's float rounding depends on the order: resumed chunks would mix two sets of numbers."""
-    output, original = tmp_path / "out.jsonl", PartialOutput.write_chunk
-
-    def die_on_second_chunk(self, index, data):
-        if index == 1:
-            raise KeyboardInterrupt
-        original(self, index, data)
-    monkeypatch.setattr(PartialOutput, "write_chunk", die_on_second_chunk)
+    output = tmp_path / "out.jsonl"
+    base.crash_on_second_chunk(monkeypatch)
     argv = ["--input", seeds.TEST, "--output", output, *seeds.FP32, "--chunk_size", 30]
     with pytest.raises(KeyboardInterrupt):
         use_absa.main([str(a) for a in ["predict", *members, *argv]])
@@ -113,13 +108,8 @@ def test_resume_takes_the_same_members_spelled_otherwise(members, tmp_path, monk
     bytes are those of an uninterrupted run."""
     argv = ["--input", seeds.TEST, *seeds.FP32, "--chunk_size", 30]
     use_absa.main([str(a) for a in ["predict", *members, *argv, "--output", tmp_path / "whole.csv"]])
-    output, original = tmp_path / "out.csv", PartialOutput.write_chunk
-
-    def die_on_second_chunk(self, index, data):
-        if index == 1:
-            raise KeyboardInterrupt
-        original(self, index, data)
-    monkeypatch.setattr(PartialOutput, "write_chunk", die_on_second_chunk)
+    output = tmp_path / "out.csv"
+    original = base.crash_on_second_chunk(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         use_absa.main([str(a) for a in ["predict", *members, *argv, "--output", output]])
     monkeypatch.setattr(PartialOutput, "write_chunk", original)

@@ -65,16 +65,31 @@ def plain_single_process(monkeypatch):
     GradientState._reset_state()
 
 
-def build_absa_model(encoder_dir: Path, folder: Path) -> Path:
+def build_absa_model(encoder_dir: Path, folder: Path, seed: int = 0, label_names=LABELS, **recorded) -> Path:
+    """A model folder as finetune_absa.py writes one; the seed draws its head."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = AbsaClassifier.from_encoder(str(encoder_dir), LABELS)
+        torch.manual_seed(seed)
+        model = AbsaClassifier.from_encoder(str(encoder_dir), label_names, **recorded)
         # A decisive head: a random tiny encoder with the usual 0.02 init gives near-uniform probabilities,
         # whose argmax could flip on float noise between batched and single-example runs.
         torch.nn.init.normal_(model.classifier.weight, std=1.0)
     model.save_pretrained(folder)
     load_tokenizer(str(encoder_dir)).save_pretrained(folder)
     return folder
+
+
+def crash_on_second_chunk(monkeypatch):
+    """The next `predict --input` dies (KeyboardInterrupt, as from Ctrl-C) before its second chunk is written;
+    returns the real writer, to put back."""
+    from absa.corpus import PartialOutput
+    original = PartialOutput.write_chunk
+
+    def die_on_second_chunk(self, index, data):
+        if index == 1:
+            raise KeyboardInterrupt
+        original(self, index, data)
+    monkeypatch.setattr(PartialOutput, "write_chunk", die_on_second_chunk)
+    return original
 
 
 @pytest.fixture(scope="module")
@@ -423,13 +438,7 @@ def test_existing_output_needs_overwrite(model_dir, input_jsonl, tmp_path, monke
     # --overwrite replaces the file only when the new one is complete: a run that dies on its second chunk (of 3)
     # leaves the old file as it was.
     from absa.corpus import PartialOutput
-    original = PartialOutput.write_chunk
-
-    def die_on_second_chunk(self, index, data):
-        if index == 1:
-            raise KeyboardInterrupt
-        original(self, index, data)
-    monkeypatch.setattr(PartialOutput, "write_chunk", die_on_second_chunk)
+    original = crash_on_second_chunk(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         use_absa.main([str(a) for a in argv + ["--overwrite", "--chunk_size", "10"]])
     assert output.read_text() == "keep me\n"
