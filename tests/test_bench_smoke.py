@@ -32,6 +32,7 @@ def test_step_shape_rate_counts_the_step_s_matrix_products(monkeypatch):
     assert first_pass[15][1:] == (torch.Size([5, 32]), torch.Size([8, 32]))  # feed-forward down
 
 
+@pytest.mark.slow  # about 40 s on 2 cores: the bench's processes each load the data and a model
 def test_train_throughput_on_a_local_model_reports_the_shape_limit(tiny_model_dirs, tmp_path):
     model, output = tiny_model_dirs["bert"], tmp_path / "train.json"
     subprocess.run([sys.executable, "bench/train_throughput.py", "--model", str(model), "--only", "a,c_fp32",
