@@ -33,6 +33,7 @@ def test_label_names_are_compared_by_label_id_not_by_key_order(members, tiny_mod
     assert f"{members[0]} and {swapped} cannot form an ensemble" in message and "label names" in message
 
 
+@pytest.mark.slow  # over 25 s on 2 cores; a sibling in the default suite runs the same path
 @pytest.mark.multiprocess
 def test_two_cpu_processes_predict_an_ensemble_file_like_one(members, tmp_path):
     """15 chunks of 7 rows (the last of 2) over 2 processes: the bytes of one process."""
@@ -75,6 +76,7 @@ def test_resume_refuses_the_members_in_another_order(members, tmp_path, monkeypa
     assert "cannot resume" in message and "model" in message
 
 
+@pytest.mark.slow  # over 25 s on 2 cores; a sibling in the default suite runs the same path
 @pytest.mark.multiprocess
 def test_two_cpu_processes_evaluate_three_rows_like_one(members, tmp_path):
     """3 examples, batch size 2, 2 processes: the second process's last batch is padded by accelerate."""

@@ -415,6 +415,7 @@ def test_the_new_best_decision_is_the_main_processes(tiny_model_dirs, synthetic_
         assert f"rank {rank} of 2: is_best [True, True], best 0.4" in done.stdout, done.stdout
 
 
+@pytest.mark.slow  # over 25 s on 2 cores; a sibling in the default suite runs the same path
 @pytest.mark.multiprocess
 def test_two_processes_resume_after_a_crash_between_the_best_model_renames(tiny_model_dirs, synthetic_folder,
                                                                            tmp_path):

@@ -170,6 +170,7 @@ def test_fsdp2_finetune_seqcls_trains_saves_reloads_and_tests(tiny_model_dirs, t
         assert p == pytest.approx([row["scores"][name] for name in names], abs=tolerance)
 
 
+@pytest.mark.slow  # over 25 s on 2 cores; a sibling in the default suite runs the same path
 def test_fsdp2_resume_after_kill_gives_the_uninterrupted_run(tiny_model_dirs, absa_folder, tmp_path):
     # In xl.yaml's bf16 (MixedPrecisionPolicy): sharded fp32 master weights and AdamW states saved and resumed.
     args = ["--model_name_or_path", tiny_model_dirs["bert"], "--dataset", absa_folder, "--learning_rate", "3e-3",

@@ -206,6 +206,7 @@ def test_two_processes_ambiguous_rows_and_parquet(model_dir, input_rows, tmp_pat
     assert one.read_bytes() == two.read_bytes() and len(read_table(two)) == 24
 
 
+@pytest.mark.slow  # over 25 s on 2 cores; a sibling in the default suite runs the same path
 @pytest.mark.multiprocess
 def test_two_processes_predict_text_prints_once(model_dir, tmp_path):
     output = tmp_path / "lines.csv"

@@ -273,6 +273,7 @@ def test_predict_places_the_aspect_at_every_span_as_evaluate_does(absa_dirs, tmp
 # --------------------------------------------------------------------------- extra pass: two processes
 
 
+@pytest.mark.slow  # over 25 s on 2 cores; a sibling in the default suite runs the same path
 @pytest.mark.multiprocess
 def test_two_processes_write_the_same_odd_tsv_and_one_verdict(model_dir, tmp_path):
     from test_predict_stream import TORCHRUN
