@@ -29,6 +29,8 @@ POOLINGS = ("max", "mean")
 def label_names_of(config) -> list[str]:
     """The label names by label id (column order of the logits), whatever order config.json lists the ids in."""
     return [config.id2label[i] for i in range(config.num_labels)]
+
+
 def _encoder_kwargs(config) -> dict:
     # BERT-style encoders carry a pooler the ABSA head never uses; its parameters would get no gradient, which
     # DDP refuses. Families without a pooler (DeBERTa, ELECTRA) do not take the argument.
