@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 import datasets
 import numpy as np
 import torch
+import torch.nn.functional as F
 import transformers
 from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
@@ -32,7 +33,7 @@ from absa.data import DEFAULT_LABELS, load_absa_splits
 from absa.encoders import load_tokenizer
 from absa.files import NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError
 from absa.metrics import is_better, scalar_metrics, single_label_metrics
-from absa.model import POOLINGS, AbsaClassifier
+from absa.model import POOLINGS, AbsaClassifier, layer_depth
 from absa.reports import plot_confusion_matrix, plot_curves, report_evaluation, run_summary, write_json
 from absa.settings import TrainingSettings, parse_settings
 from absa.training import RunState, finish_run, linear_schedule, make_accelerator, optimizer_steps, run_for_seeds
@@ -62,6 +63,10 @@ class Settings(TrainingSettings):
     metric_for_best_model: str = field(default="macro_f1", metadata={"choices": METRICS})
     output_dir: str = "runs/absa"
     learning_rate: float = 1e-5
+    layer_lr_decay: float = field(default=1.0, metadata={"help": "Layer-wise learning-rate decay: each encoder "
+                                  "layer's rate is this times the rate of the layer above it (1: one rate for all)."})
+    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the training loss (the "
+                                   "validation loss that may select the epoch is plain cross-entropy)."})
     num_epochs: int = 8
     max_length: int = 128
     # bf16 autocast where the hardware computes bf16 natively (an accelerate config's choice wins): the same
@@ -118,11 +123,18 @@ def main(settings: Settings) -> dict:
         model.gradient_checkpointing_enable()
     if settings.freeze_word_embeddings:
         model.get_input_embeddings().requires_grad_(False)
-    trained = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": [p for p in trained if p.ndim >= 2]},
-                                   {"params": [p for p in trained if p.ndim < 2], "weight_decay": 0.0}],
-                                  lr=settings.learning_rate, weight_decay=settings.weight_decay,
-                                  fused=settings.fused_adamw or None)
+    # Parameter groups: no weight decay on biases and LayerNorm weights; with --layer_lr_decay d < 1 each encoder
+    # layer learns d times as fast as the layer above it (the classifier at the full rate, the embeddings slowest).
+    groups = {}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            depth_from_top = model.config.num_hidden_layers + 1 - layer_depth(name, model.config.num_hidden_layers)
+            rate = settings.learning_rate * settings.layer_lr_decay ** depth_from_top
+            decay = settings.weight_decay if parameter.ndim >= 2 else 0.0
+            groups.setdefault((rate, decay), []).append(parameter)
+    optimizer = torch.optim.AdamW([{"params": params, "lr": rate, "weight_decay": decay}
+                                   for (rate, decay), params in groups.items()], fused=settings.fused_adamw or None)
+    peak_learning_rates = [group["lr"] for group in optimizer.param_groups]  # a resumed optimizer has decayed ones
     train_loader, validation_loader, test_loader = accelerator.prepare(
         loaders["train"], loaders["validation"], loaders[test_split])
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -140,7 +152,7 @@ def main(settings: Settings) -> dict:
     # The schedule counts global optimizer steps (stepped once per step below), so it continues on any number of
     # processes; a prepared scheduler would count steps times processes.
     total_steps = optimizer_steps(settings, len(train_order.lengths), accelerator.num_processes, run)
-    scheduler = linear_schedule(optimizer, settings.learning_rate, settings.warmup_steps, total_steps, run)
+    scheduler = linear_schedule(optimizer, peak_learning_rates, settings.warmup_steps, total_steps, run)
     if settings.report_to:
         accelerator.init_trackers("finetune_absa", config={k: str(v) for k, v in asdict(settings).items()})
 
@@ -162,7 +174,7 @@ def main(settings: Settings) -> dict:
             with accelerator.accumulate(model):
                 labels = batch.pop("labels")
                 logits = model(**batch)
-                loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=settings.label_smoothing)
                 accelerator.backward(loss * len(labels))  # summed over the batch; a mean over the window below
                 window_examples += len(labels)
                 if accelerator.sync_gradients:

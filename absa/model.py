@@ -12,6 +12,7 @@ A saved model is an ordinary Hugging Face folder: config.json (the encoder's con
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import torch
@@ -29,6 +30,16 @@ POOLINGS = ("max", "mean")
 def label_names_of(config) -> list[str]:
     """The label names by label id (column order of the logits), whatever order config.json lists the ids in."""
     return [config.id2label[i] for i in range(config.num_labels)]
+
+
+def layer_depth(parameter_name: str, num_layers: int) -> int:
+    """Where a parameter of an AbsaClassifier sits from the input up: 0 the embeddings (and what the encoder shares
+    across its layers, such as DeBERTa's and MPNet's relative positions), i + 1 encoder layer i, num_layers + 1 the
+    classifier. Layer-wise learning-rate decay scales each parameter's rate by decay ** (num_layers + 1 - depth)."""
+    if not parameter_name.startswith("encoder."):
+        return num_layers + 1
+    layer = re.search(r"\.layer\.(\d+)\.", parameter_name)
+    return int(layer.group(1)) + 1 if layer else 0
 
 
 def _encoder_kwargs(config) -> dict:

@@ -142,3 +142,8 @@ def check_settings(settings: TrainingSettings) -> None:
                          "output_dir/seed_N/checkpoints")
     if not 0 < settings.validation_fraction < 1:
         raise SystemExit(f"--validation_fraction must be between 0 and 1, got {settings.validation_fraction}")
+    # finetune_absa.py's recipe levers (finetune_seqcls.py has neither)
+    if not 0 < getattr(settings, "layer_lr_decay", 1.0) <= 1:
+        raise SystemExit(f"--layer_lr_decay must be above 0 and at most 1, got {settings.layer_lr_decay}")
+    if not 0 <= getattr(settings, "label_smoothing", 0.0) < 1:
+        raise SystemExit(f"--label_smoothing must be at least 0 and below 1, got {settings.label_smoothing}")

@@ -138,9 +138,11 @@ def optimizer_steps(settings: TrainingSettings, train_examples: int, num_process
     return min(total, settings.max_steps) if settings.max_steps else total
 
 
-def linear_schedule(optimizer, learning_rate: float, warmup_steps: int, total_steps: int,
+def linear_schedule(optimizer, learning_rate: float | list[float], warmup_steps: int, total_steps: int,
                     run: RunState) -> torch.optim.lr_scheduler.LambdaLR:
     """transformers' get_linear_schedule_with_warmup, placed at the run's global optimizer step `run.step`.
+
+    `learning_rate`: the peak rate, or each parameter group's peak rate in the optimizer's group order.
 
     Rebuilt from `run.step` on resume, so it is where it was on any number of processes. A run resumed with
     another number of steps ahead decays from the learning rate it had to 0 at its new last step (no jump). A run
@@ -152,8 +154,11 @@ def linear_schedule(optimizer, learning_rate: float, warmup_steps: int, total_st
     elif run.total_steps not in (0, total_steps) and run.step > warmup_steps:
         run.decay_from = [run.step, linear_scale(run.step, warmup_steps, run.total_steps, run.decay_from)]
     run.total_steps, decay_from = total_steps, run.decay_from
-    for group in optimizer.param_groups:  # the peak; an FSDP2 (DCP) checkpoint's optimizer does not bring it back
-        group["initial_lr"] = learning_rate
+    peaks = learning_rate if isinstance(learning_rate, list) else [learning_rate] * len(optimizer.param_groups)
+    if len(peaks) != len(optimizer.param_groups):
+        raise ValueError(f"{len(peaks)} peak learning rates for {len(optimizer.param_groups)} parameter groups")
+    for group, peak in zip(optimizer.param_groups, peaks):  # an FSDP2 (DCP) checkpoint's optimizer does not bring
+        group["initial_lr"] = peak  # the peak back
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: linear_scale(step, warmup_steps, total_steps, decay_from), last_epoch=run.step - 1)
 

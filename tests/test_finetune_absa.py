@@ -305,7 +305,9 @@ def _kill_when(process, path_glob: str, root: Path, timeout=120):
 
 # The mid-epoch kill is the harder case and runs by default; resuming at an epoch boundary is also exact, marked slow.
 @pytest.mark.parametrize("kill_after,extra", [pytest.param("checkpoints/step_0000019", [], marks=pytest.mark.slow),
-                                              ("checkpoints/step_0000006", ["--checkpoint_every_steps", "3"])],
+                                              ("checkpoints/step_0000006", ["--checkpoint_every_steps", "3",
+                                                                            "--layer_lr_decay", "0.5",
+                                                                            "--label_smoothing", "0.1"])],
                          ids=["after-epoch-1", "mid-epoch-sigkill"])
 def test_resume_gives_the_same_run(tiny_model_dirs, synthetic_folder, tmp_path, kill_after, extra):
     args = ["--model_name_or_path", tiny_model_dirs["bert"], "--dataset", synthetic_folder,
@@ -460,7 +462,7 @@ def test_the_readme_loss_edit_is_one_line_of_the_script(tiny_model_dirs, synthet
     import re
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
     shown = next(block for block in blocks if "accelerator.accumulate(model)" in block)
-    edit = next(block for block in blocks if "label_smoothing" in block)
+    edit = next(block for block in blocks if "weight=" in block)
     source = (ROOT / "finetune_absa.py").read_text()
     assert shown in source  # the README shows the loop as it is
     loss_line = next(line for line in shown.splitlines() if line.strip().startswith("loss = "))
@@ -489,6 +491,31 @@ def test_frozen_word_embeddings_stay_as_they_were(tiny_model_dirs, synthetic_fol
     assert not torch.equal(after[f"encoder.{layer}"], before[layer])
 
 
+@pytest.mark.parametrize("family", ["bert", "deberta-v2"])
+def test_layer_lr_decay_gives_each_layer_its_rate(tiny_model_dirs, synthetic_folder, tmp_path, family):
+    # Adam moves a weight by about the learning rate per step whatever its gradient, so after two steps (rates 1
+    # and 0.5 of the peak, no warm-up) each tensor's largest change is about its group's peak rate: layer 1 (the
+    # top) 3e-4, layer 0 3e-5, the embeddings (and DeBERTa's shared relative positions) 3e-6; the classifier 3e-3.
+    import re
+    run_main(tiny_model_dirs[family], synthetic_folder, tmp_path / "run", "--max_steps", 2, "--eval_every_steps", 2,
+             "--warmup_steps", 0, "--layer_lr_decay", 0.1, "--mixed_precision", "no")
+    before = load_file(tiny_model_dirs[family] / "model.safetensors")
+    after = load_file(tmp_path / "run/best_model/model.safetensors")
+    expected_rates = {"layer 1": 3e-4, "layer 0": 3e-5, "embeddings": 3e-6}
+    changes = {}  # tensors that moved, by where they sit
+    for key, value in before.items():
+        if f"encoder.{key}" not in after:
+            continue  # BERT's pooler, which the ABSA model does not use
+        layer = re.search(r"\.layer\.(\d+)\.", key)
+        where = f"layer {layer.group(1)}" if layer else "embeddings"
+        change = (after[f"encoder.{key}"] - value).abs().max().item()
+        if change > 0:
+            changes.setdefault(where, []).append((change, key))
+    assert set(changes) == set(expected_rates), changes
+    for where, moved in changes.items():  # (a key bias has no gradient, so some tensors barely move)
+        assert 0.3 * expected_rates[where] < max(moved)[0] < 2.5 * expected_rates[where], (where, max(moved))
+
+
 def test_macro_f1_is_over_the_classes_the_split_holds_or_the_model_predicts():
     # data/contrastive holds positive and negative only: a perfect model is macro-F1 1, not 2/3 with a 0 for neutral.
     import numpy as np
@@ -504,6 +531,15 @@ def test_macro_f1_is_over_the_classes_the_split_holds_or_the_model_predicts():
     wrong = single_label_metrics(np.eye(3)[predicted], labels, names)
     assert wrong["macro_classes"] == names
     assert wrong["macro_f1"] == pytest.approx((2 / 3 + 0 + 1) / 3)
+
+
+@pytest.mark.parametrize("flags,message", [(["--layer_lr_decay", "0"], "--layer_lr_decay must be above 0"),
+                                           (["--layer_lr_decay", "1.5"], "--layer_lr_decay must be above 0"),
+                                           (["--label_smoothing", "1"], "--label_smoothing must be at least 0"),
+                                           (["--label_smoothing", "-0.1"], "--label_smoothing must be at least 0")])
+def test_recipe_levers_out_of_range_are_refused(flags, message):
+    with pytest.raises(SystemExit, match=message):
+        parse_settings(finetune_absa.Settings, flags)
 
 
 def test_unknown_settings_end_in_one_line(tmp_path):
