@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from absa.aspects import INPUT_FORMATS, AspectCollator, encode_absa_splits
 from absa.batches import make_dataloaders
-from absa.checkpoints import (BEST_MODEL, check_resume, clear_output_dir, load_best_weights, prepare_output_dir,
-                              resume_message, save_best_model, save_checkpoint)
+from absa.checkpoints import (BEST_MODEL, check_parameter_groups, check_resume, clear_output_dir, load_best_weights,
+                              prepare_output_dir, resume_message, save_best_model, save_checkpoint)
 from absa.data import DEFAULT_LABELS, load_absa_splits
 from absa.encoders import load_tokenizer
 from absa.files import NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError
@@ -130,10 +130,9 @@ def main(settings: Settings) -> dict:
         if parameter.requires_grad:
             depth_from_top = model.config.num_hidden_layers + 1 - layer_depth(name, model.config.num_hidden_layers)
             rate = settings.learning_rate * settings.layer_lr_decay ** depth_from_top
-            decay = settings.weight_decay if parameter.ndim >= 2 else 0.0
-            groups.setdefault((rate, decay), []).append(parameter)
-    optimizer = torch.optim.AdamW([{"params": params, "lr": rate, "weight_decay": decay}
-                                   for (rate, decay), params in groups.items()], fused=settings.fused_adamw or None)
+            groups.setdefault((rate, parameter.ndim >= 2), []).append(parameter)
+    optimizer = torch.optim.AdamW([{"params": params, "lr": rate, "weight_decay": settings.weight_decay * decays}
+                                   for (rate, decays), params in groups.items()], fused=settings.fused_adamw or None)
     peak_learning_rates = [group["lr"] for group in optimizer.param_groups]  # a resumed optimizer has decayed ones
     train_loader, validation_loader, test_loader = accelerator.prepare(
         loaders["train"], loaders["validation"], loaders[test_split])
@@ -144,10 +143,12 @@ def main(settings: Settings) -> dict:
     run = RunState(seed=settings.seed, train_data=train_order.fingerprint)
     accelerator.register_for_checkpointing(run)
     if checkpoint:
+        check_parameter_groups(checkpoint, optimizer)  # another --layer_lr_decay, say: refused, not a traceback
         accelerator.load_state(checkpoint)
         accelerator.step = 0  # checkpoints end an accumulation window; the saved count is per process
         accelerator.print(resume_message(accelerator, settings, run, checkpoint, len(train_order.lengths)))
     run.num_processes, run.per_device_batch_size = accelerator.num_processes, settings.per_device_batch_size
+    run.parameter_groups = [len(group["params"]) for group in optimizer.param_groups]
     run.selection = [settings.metric_for_best_model, settings.select_on_test]  # what `run.best` is a value of
     # The schedule counts global optimizer steps (stepped once per step below), so it continues on any number of
     # processes; a prepared scheduler would count steps times processes.

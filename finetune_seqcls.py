@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification, DataCollatorWithPadding
 
 from absa.batches import make_dataloaders
-from absa.checkpoints import (BEST_MODEL, check_resume, clear_output_dir, load_best_weights, prepare_output_dir,
-                              resume_message, save_best_model, save_checkpoint)
+from absa.checkpoints import (BEST_MODEL, check_parameter_groups, check_resume, clear_output_dir, load_best_weights,
+                              prepare_output_dir, resume_message, save_best_model, save_checkpoint)
 from absa.encoders import load_pretrained, load_tokenizer, loading_error, make_fsdp_ready, resolve_model_path
 from absa.files import NUMERIC_LABELS, NUMERIC_LABELS_HELP, DataError, write_atomically
 from absa.metrics import (best_threshold, is_better, multi_label_metrics, regression_metrics, scalar_metrics,
@@ -183,10 +183,12 @@ def main(settings: Settings) -> dict:
     run = RunState(seed=settings.seed, train_data=train_order.fingerprint)
     accelerator.register_for_checkpointing(run)
     if checkpoint:
+        check_parameter_groups(checkpoint, optimizer)  # frozen embeddings now, not then, say: refused
         accelerator.load_state(checkpoint)
         accelerator.step = 0  # checkpoints end an accumulation window; the saved count is per process
         accelerator.print(resume_message(accelerator, settings, run, checkpoint, len(train_order.lengths)))
     run.num_processes, run.per_device_batch_size = accelerator.num_processes, settings.per_device_batch_size
+    run.parameter_groups = [len(group["params"]) for group in optimizer.param_groups]
     run.selection = [settings.metric_for_best_model, settings.select_on_test]  # what `run.best` is a value of
     # The schedule counts global optimizer steps (stepped once per step below), so it continues on any number of
     # processes; a prepared scheduler would count steps times processes.

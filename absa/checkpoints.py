@@ -115,6 +115,17 @@ def check_resume(checkpoint: str | None, settings, train_order) -> None:
                          "evaluation yet: resume it with more steps or epochs")
 
 
+def check_parameter_groups(checkpoint: str, optimizer) -> None:
+    """Refuse, before its optimizer state is loaded, a checkpoint whose optimizer had other parameter groups (another
+    --layer_lr_decay or --freeze_word_embeddings): torch would stop inside load_state with a traceback."""
+    saved = torch.load(Path(checkpoint) / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=False)
+    now = [len(group["params"]) for group in optimizer.param_groups]
+    if saved.get("parameter_groups") and saved["parameter_groups"] != now:
+        raise SystemExit(f"{checkpoint}: its optimizer has parameter groups of {saved['parameter_groups']} tensors, "
+                         f"these settings make {now}: resume it with the --layer_lr_decay and "
+                         "--freeze_word_embeddings it was trained with, or start over with --overwrite_output_dir")
+
+
 def clear_output_dir(accelerator: Accelerator, output_dir: Path, checkpoint: str | None) -> None:
     """Remove the previous run when starting over (or continuing another folder's checkpoint here), and put back
     the checkpoint's best model when resuming. Called once the data has loaded and the checkpoint is accepted, so

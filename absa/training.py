@@ -77,6 +77,7 @@ class RunState:
     num_processes: int = 1  # and batch size: what the run last trained with, for the resume message
     per_device_batch_size: int = 0
     selection: list = field(default_factory=list)  # [metric_for_best_model, select_on_test] `best` was chosen by
+    parameter_groups: list = field(default_factory=list)  # each optimizer group's tensor count: what its state fits
 
     def __post_init__(self):
         self._loss_sum = None  # on the device: read once per evaluation or checkpoint, not once per step

@@ -268,6 +268,20 @@ def test_finished_run_is_not_overwritten_and_bad_resume_is_refused(tiny_model_di
     run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 2, "--overwrite_output_dir")
 
 
+def test_resume_with_other_parameter_groups_is_refused_before_the_optimizer_loads(tiny_model_dirs, synthetic_folder,
+                                                                                   tmp_path):
+    run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 2, "--eval_every_steps", 2)
+    results = (tmp_path / "run/results.json").read_bytes()
+    for flags in (["--layer_lr_decay", "0.9"], ["--freeze_word_embeddings", "true"]):
+        with pytest.raises(SystemExit, match=r"parameter groups of \[.*\] tensors, these settings make \["):
+            run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 4,
+                     "--eval_every_steps", 2, "--resume_from_checkpoint", "latest", *flags)
+        assert (tmp_path / "run/results.json").read_bytes() == results
+    resumed = run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 4,
+                       "--eval_every_steps", 2, "--resume_from_checkpoint", "latest", "--layer_lr_decay", "1")
+    assert [row["step"] for row in resumed["validation_history"]] == [2, 4]
+
+
 def test_several_seeds_report_mean_and_range(tiny_model_dirs, synthetic_folder, tmp_path):
     from absa.training import run_for_seeds
 
