@@ -10,15 +10,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-matplotlib.use("Agg")  # no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .files import write_atomically  # noqa: E402
+from .files import write_atomically
 
 
 def write_json(path, data) -> None:
@@ -69,10 +65,20 @@ def run_summary(accelerator, run, settings, started: float, resumed_from: str | 
     }
 
 
+def pyplot():
+    """matplotlib.pyplot drawing to files: imported when a plot is drawn, not by every process (0.6 s each)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
+
+
 def plot_confusion_matrix(matrix, label_names, path, title="Confusion matrix (test)") -> None:
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    figure, axes = plt.subplots(figsize=(1.2 * len(label_names) + 3, 1.2 * len(label_names) + 2.5))
+    figure, axes = pyplot().subplots(figsize=(1.2 * len(label_names) + 3, 1.2 * len(label_names) + 2.5))
     ConfusionMatrixDisplay(confusion_matrix=np.array(matrix),
                            display_labels=list(label_names)).plot(ax=axes, colorbar=False, cmap="Blues")
     axes.set_title(title)
@@ -83,7 +89,7 @@ def plot_confusion_matrix(matrix, label_names, path, title="Confusion matrix (te
 def plot_curves(history: list[dict], path, metrics=("loss", "accuracy", "macro_f1")) -> None:
     """Validation loss and metrics against optimizer steps, with the training loss where it was logged."""
     present = [m for m in metrics if any(m in row for row in history)]
-    figure, axes = plt.subplots(1, max(1, len(present)), figsize=(4.5 * max(1, len(present)), 3.5), squeeze=False)
+    figure, axes = pyplot().subplots(1, max(1, len(present)), figsize=(4.5 * max(1, len(present)), 3.5), squeeze=False)
     for axis, metric in zip(axes[0], present):
         steps = [row["step"] for row in history if metric in row]
         axis.plot(steps, [row[metric] for row in history if metric in row], marker="o", label=f"validation {metric}")
@@ -101,5 +107,5 @@ def _save_figure(figure, path) -> None:
     path = Path(path)
     temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
     figure.savefig(temporary, dpi=120)
-    plt.close(figure)
+    pyplot().close(figure)
     os.replace(temporary, path)

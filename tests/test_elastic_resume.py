@@ -68,6 +68,8 @@ def common_args(model_dir, data, output_dir, *extra):
             "--early_stopping_patience", 5, "--checkpoint_every_steps", 2, "--keep_checkpoints", 3, *extra]
 
 
+# 29 s: test_fsdp2_elastic.py resumes a 2-process run on 1 process by default (the same skip, the sharded format)
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_one_process_run_resumed_on_two_sees_every_example_once_per_epoch(tiny_model_dirs, data_96, tmp_path):
     args = common_args(tiny_model_dirs["bert"], data_96, tmp_path / "run")

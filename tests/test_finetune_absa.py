@@ -74,6 +74,17 @@ def run_main(model_dir, data_dir, output_dir, *extra):
     return finetune_absa.main(parse_settings(finetune_absa.Settings, args))
 
 
+def run_on_one_thread(*args):
+    """finetune_absa.main in this process on one thread: what an OMP_NUM_THREADS=1 process computes, bit for bit,
+    without the 10 s a fresh process takes to import."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return finetune_absa.main(parse_settings(finetune_absa.Settings, list(map(str, args))))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def script(*args):
     """The command line that runs finetune_absa.py in a fresh process."""
     return [sys.executable, str(ROOT / "finetune_absa.py"), *map(str, args)]
@@ -231,11 +242,21 @@ def test_gradient_accumulation_matches_a_larger_batch(tiny_model_dirs, synthetic
                                            (["--mixed_precision", "fp64"], "invalid choice: 'fp64'"),
                                            (["--early_stopping_patience", "0"], "early_stopping_patience"),
                                            (["--keep_checkpoints", "-1"], "keep_checkpoints")])
-def test_bad_settings_are_one_line_before_anything_loads(tmp_path, flags, message):
+def test_bad_settings_are_one_line(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as stopped:
+        parse_settings(finetune_absa.Settings, ["--model_name_or_path", str(tmp_path / "no_model"),
+                                                "--dataset", str(tmp_path / "no_data"), *flags])
+    # argparse prints its refusal and exits 2; the scripts' own checks exit with the message (printed by Python)
+    said = capsys.readouterr().err + (stopped.value.code if isinstance(stopped.value.code, str) else "")
+    assert message in said and len(said.strip().splitlines()) <= 2, said
+
+
+def test_bad_settings_stop_the_script_before_anything_loads(tmp_path):
     # A model folder that does not exist: reaching the model (or the data) would be a different error.
     done = subprocess.run(script("--model_name_or_path", tmp_path / "no_model", "--dataset", tmp_path / "no_data",
-                                 "--output_dir", tmp_path / "run", *flags), capture_output=True, text=True)
-    assert done.returncode != 0 and message in done.stderr, done.stderr
+                                 "--output_dir", tmp_path / "run", "--early_stopping_patience", "0"),
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "early_stopping_patience" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) <= 2 and "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "run").exists()
 
@@ -328,14 +349,12 @@ def test_resume_gives_the_same_run(tiny_model_dirs, synthetic_folder, tmp_path, 
             "--per_device_batch_size", 16, "--learning_rate", "3e-3", "--warmup_steps", 5, "--num_epochs", 3,
             "--early_stopping_patience", 5, *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(script(*args, "--output_dir", tmp_path / "whole"), check=True, env=env, capture_output=True)
+    run_on_one_thread(*args, "--output_dir", tmp_path / "whole")
     process = subprocess.Popen(script(*args, "--output_dir", tmp_path / "cut"), env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     _kill_when(process, kill_after, tmp_path / "cut")
     assert not (tmp_path / "cut/results.json").exists()
-    resumed = subprocess.run(script(*args, "--output_dir", tmp_path / "cut", "--resume_from_checkpoint", "latest"),
-                             env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    run_on_one_thread(*args, "--output_dir", tmp_path / "cut", "--resume_from_checkpoint", "latest")
     whole, cut = _final_state(tmp_path / "whole"), _final_state(tmp_path / "cut")
     assert cut[1] == whole[1]  # the same validation history, step by step, the training loss included
     assert cut[0]["test"]["accuracy"] == whole[0]["test"]["accuracy"]
@@ -345,25 +364,29 @@ def test_resume_gives_the_same_run(tiny_model_dirs, synthetic_folder, tmp_path, 
 
 
 @pytest.mark.multiprocess
-def test_two_processes_give_the_metrics_of_one(tiny_model_dirs, synthetic_folder, tmp_path):
+def test_two_processes_give_the_metrics_of_one_for_each_of_two_seeds(tiny_model_dirs, synthetic_folder, tmp_path):
     # lr 0 keeps the weights identical, so the validation metrics must match exactly; 50 validation rows are
     # not a multiple of 2 processes x 8, so a wrong gather would show as duplicated or missing predictions.
+    # Two seeds in one launch: each seed's run used to end the process group, so the second seed's first barrier failed.
     args = ["--model_name_or_path", tiny_model_dirs["deberta-v2"], "--dataset", synthetic_folder, "--learning_rate",
-            0, "--num_epochs", 1, "--per_device_batch_size", 8, "--eval_batch_size", 8]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(script(*args, "--output_dir", tmp_path / "one"), check=True, env=env, capture_output=True)
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          *script(*args, "--output_dir", tmp_path / "two")[1:]],
-                         env={**env, "ACCELERATE_USE_CPU": "true"}, capture_output=True, text=True)
-    assert two.returncode == 0, two.stdout + two.stderr
-    one = json.loads((tmp_path / "one/results.json").read_text())
-    two = json.loads((tmp_path / "two/results.json").read_text())
-    assert (one["num_processes"], two["num_processes"]) == (1, 2)
-    row_one, row_two = one["validation_history"][0], two["validation_history"][0]
-    assert row_one["examples"] == row_two["examples"] == 50
-    for key in ("loss", "accuracy", "macro_f1"):
-        assert row_two[key] == pytest.approx(row_one[key], abs=1e-6)
-    assert two["test"]["confusion_matrix"] == one["test"]["confusion_matrix"]
+            0, "--num_epochs", 1, "--per_device_batch_size", 8, "--eval_batch_size", 8,
+            "--layer_lr_decay", 0.9, "--label_smoothing", 0.1]  # the recipe levers' paths on 2 processes too
+    for seed in (1, 2):
+        run_on_one_thread(*args, "--seed", seed, "--output_dir", tmp_path / f"one_{seed}")
+    done = torchrun(ROOT / "finetune_absa.py", *args, "--output_dir", tmp_path / "two", "--seeds", 1, 2)
+    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    assert json.loads((tmp_path / "two/seeds_summary.json").read_text())["seeds"] == [1, 2]
+    for seed in (1, 2):
+        one = json.loads((tmp_path / f"one_{seed}/results.json").read_text())
+        two = json.loads((tmp_path / f"two/seed_{seed}/results.json").read_text())
+        assert (one["num_processes"], two["num_processes"]) == (1, 2) and two["settings"]["seed"] == seed
+        row_one, row_two = one["validation_history"][0], two["validation_history"][0]
+        assert row_one["examples"] == row_two["examples"] == 50
+        for key in ("loss", "accuracy", "macro_f1"):
+            assert row_two[key] == pytest.approx(row_one[key], abs=1e-6)
+        assert two["test"]["confusion_matrix"] == one["test"]["confusion_matrix"]
+    losses = [json.loads((tmp_path / f"two/seed_{seed}/results.json").read_text())["test"]["loss"] for seed in (1, 2)]
+    assert losses[0] != losses[1]  # each seed initialised its own classifier
 
 
 def torchrun(*args, **env):
@@ -373,18 +396,6 @@ def torchrun(*args, **env):
     clean.update(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", **env)
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            *map(str, args)], env=clean, capture_output=True, text=True, timeout=300, cwd=ROOT)
-
-
-@pytest.mark.multiprocess
-def test_several_seeds_on_two_processes(tiny_model_dirs, synthetic_folder, tmp_path):
-    # Each seed's run used to end the process group, so the second seed's first barrier failed.
-    done = torchrun(ROOT / "finetune_absa.py", "--model_name_or_path", tiny_model_dirs["bert"], "--dataset",
-                    synthetic_folder, "--output_dir", tmp_path / "seeds", "--max_steps", 2, "--seeds", 1, 2)
-    assert done.returncode == 0, done.stderr[-4000:]
-    for seed in (1, 2):
-        results = json.loads((tmp_path / f"seeds/seed_{seed}/results.json").read_text())
-        assert results["num_processes"] == 2 and results["settings"]["seed"] == seed
-    assert json.loads((tmp_path / "seeds/seeds_summary.json").read_text())["seeds"] == [1, 2]
 
 
 DECISION_PROBE = """
@@ -472,7 +483,7 @@ def test_bf16_that_a_gpu_only_emulates_is_not_native(monkeypatch):
     assert bf16_is_native("cuda")
 
 
-def test_the_readme_loss_edit_is_one_line_of_the_script(tiny_model_dirs, synthetic_folder, tmp_path):
+def test_the_readme_loss_edit_is_one_line_of_the_script(tiny_model_dirs, synthetic_folder, tmp_path, monkeypatch):
     import re
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
     shown = next(block for block in blocks if "accelerator.accumulate(model)" in block)
@@ -483,12 +494,12 @@ def test_the_readme_loss_edit_is_one_line_of_the_script(tiny_model_dirs, synthet
     assert source.count(loss_line) == 1
     (tmp_path / "edited.py").write_text(source.replace(loss_line + "\n", edit))
 
-    def train(path, output):
-        done = subprocess.run([sys.executable, str(path), "--model_name_or_path", str(tiny_model_dirs["bert"]),
-                               "--dataset", str(synthetic_folder), "--output_dir", str(output), "--max_steps", "3",
-                               "--eval_every_steps", "3", "--mixed_precision", "no"],
-                              env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr[-3000:]
+    def train(path, output):  # in this process, as `python path ...` would run it (a fresh process adds 10 s)
+        import runpy
+        monkeypatch.setattr(sys, "argv", [str(path), "--model_name_or_path", str(tiny_model_dirs["bert"]),
+                                          "--dataset", str(synthetic_folder), "--output_dir", str(output),
+                                          "--max_steps", "3", "--eval_every_steps", "3", "--mixed_precision", "no"])
+        runpy.run_path(str(path), run_name="__main__")
         return json.loads((output / "results.json").read_text())["validation_history"][0]["train_loss"]
 
     assert train(tmp_path / "edited.py", tmp_path / "edited") != train(ROOT / "finetune_absa.py", tmp_path / "plain")

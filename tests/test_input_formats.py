@@ -76,7 +76,9 @@ def data(tmp_path):
     return folder
 
 
-@pytest.mark.parametrize("input_format,family", [("aspect_markers", "bert"), ("sentence_pair", "bert"),
+# sentence_pair with BERT is slow-marked: sentence_pair (RoBERTa) and BERT (aspect markers) run by default.
+@pytest.mark.parametrize("input_format,family", [("aspect_markers", "bert"),
+                                                 pytest.param("sentence_pair", "bert", marks=pytest.mark.slow),
                                                  ("sentence_pair", "roberta")])
 def test_each_format_learns_and_use_absa_reproduces_the_test_scores(tiny_model_dirs, data, tmp_path, input_format,
                                                                       family):

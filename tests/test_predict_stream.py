@@ -147,7 +147,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+# The CSV half is slow (12 s): the Parquet half runs the same resume by default.
+@pytest.mark.parametrize("suffix", [pytest.param(".csv", marks=pytest.mark.slow), ".parquet"])
 def test_resume_after_kill_gives_the_same_bytes(model_dir, input_rows, tmp_path, suffix, capsys):
     rows = [dict(row, text=f"{row['text']} ({copy})") for copy in range(3) for row in input_rows]  # 69 rows
     source = write_input(rows, tmp_path / "reviews.jsonl")

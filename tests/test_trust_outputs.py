@@ -6,7 +6,6 @@ Tiny models and data, in-process through `use_absa.main` (fixtures of test_use_a
 """
 
 import json
-import warnings
 
 import numpy as np
 import pandas as pd
