@@ -1,6 +1,7 @@
 """Shared pytest fixtures: offline tiny encoders built once per session (see tests/tiny_models.py)."""
 
 import os
+import runpy
 import sys
 from pathlib import Path
 
@@ -34,6 +35,18 @@ def fresh_accelerate_state():
     yield
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
+
+
+@pytest.fixture
+def run_as_main(monkeypatch):
+    """`run_as_main(script, *args)` runs a script as `python script args...` would, but in this process: a fresh
+    Python spends about 10 s importing torch and transformers. A refusal comes out as SystemExit, as on the CLI."""
+
+    def run(script, *args):
+        monkeypatch.setattr(sys, "argv", [str(script), *map(str, args)])
+        runpy.run_path(str(script), run_name="__main__")
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -483,7 +483,7 @@ def test_bf16_that_a_gpu_only_emulates_is_not_native(monkeypatch):
     assert bf16_is_native("cuda")
 
 
-def test_the_readme_loss_edit_is_one_line_of_the_script(tiny_model_dirs, synthetic_folder, tmp_path, monkeypatch):
+def test_the_readme_loss_edit_is_one_line_of_the_script(tiny_model_dirs, synthetic_folder, tmp_path, run_as_main):
     import re
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
     shown = next(block for block in blocks if "accelerator.accumulate(model)" in block)
@@ -494,12 +494,9 @@ def test_the_readme_loss_edit_is_one_line_of_the_script(tiny_model_dirs, synthet
     assert source.count(loss_line) == 1
     (tmp_path / "edited.py").write_text(source.replace(loss_line + "\n", edit))
 
-    def train(path, output):  # in this process, as `python path ...` would run it (a fresh process adds 10 s)
-        import runpy
-        monkeypatch.setattr(sys, "argv", [str(path), "--model_name_or_path", str(tiny_model_dirs["bert"]),
-                                          "--dataset", str(synthetic_folder), "--output_dir", str(output),
-                                          "--max_steps", "3", "--eval_every_steps", "3", "--mixed_precision", "no"])
-        runpy.run_path(str(path), run_name="__main__")
+    def train(path, output):
+        run_as_main(path, "--model_name_or_path", tiny_model_dirs["bert"], "--dataset", synthetic_folder,
+                    "--output_dir", output, "--max_steps", 3, "--eval_every_steps", 3, "--mixed_precision", "no")
         return json.loads((output / "results.json").read_text())["validation_history"][0]["train_loss"]
 
     assert train(tmp_path / "edited.py", tmp_path / "edited") != train(ROOT / "finetune_absa.py", tmp_path / "plain")

@@ -168,7 +168,7 @@ def test_resume_after_kill_gives_the_same_bytes(model_dir, input_rows, tmp_path,
     # Without --resume the unfinished run is refused and left as it was; a different setting cannot resume it.
     before = sorted(p.name for p in partial.iterdir())
     message = base.exit_message(argv)
-    assert "holds an unfinished run" in message and "--resume" in message and f"of 14 chunks" in message
+    assert "holds an unfinished run" in message and "--resume" in message and "of 14 chunks" in message
     assert "cannot resume" in base.exit_message([*argv[:-1], 4, "--resume"]) and "chunk_size 5 -> 4" in \
         base.exit_message([*argv[:-1], 4, "--resume"])
     assert sorted(p.name for p in partial.iterdir()) == before and not output.exists()

@@ -498,7 +498,7 @@ def test_nan_or_empty_score_refused(tmp_path, bad):
     assert (error.row, error.field) == ("line 5", "score")
 
 
-def test_refused_before_any_model_is_loaded(tmp_path, monkeypatch):
+def test_refused_before_any_model_is_loaded(tmp_path, run_as_main):
     rows = pair_rows(8, 1)
     train = write_table(tmp_path / "train.tsv", rows)
     missing_model = str(tmp_path / "no-such-model")  # loading it would fail differently
@@ -514,11 +514,9 @@ def test_refused_before_any_model_is_loaded(tmp_path, monkeypatch):
         run_script(["--model_name_or_path", missing_model, "--train_file", train, "--output_dir", tmp_path / "o3"])
     assert not (tmp_path / "o3" / "best_model").exists()
     # The command line turns a DataError into one line naming file, row and field, without a traceback.
-    import runpy  # the script as `python finetune_seqcls.py` runs it, in this process
-    monkeypatch.setattr(sys, "argv", ["finetune_seqcls.py", "--model_name_or_path", missing_model, "--train_file",
-                                      str(train), "--output_dir", str(tmp_path / "o4")])
     with pytest.raises(SystemExit) as stopped:  # a string: Python prints it as one line and exits with 1
-        runpy.run_path(str(REPO / "finetune_seqcls.py"), run_name="__main__")
+        run_as_main(REPO / "finetune_seqcls.py", "--model_name_or_path", missing_model, "--train_file", train,
+                    "--output_dir", tmp_path / "o4")
     assert f"data error: {train}, line 4, field 'score': mixed label types" in stopped.value.code
 
 

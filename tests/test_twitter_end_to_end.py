@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 from pathlib import Path
 
 import pytest
@@ -84,14 +83,12 @@ def latin_1_folder(tmp_path) -> Path:
     return folder
 
 
-def test_finetune_absa_stops_on_a_latin_1_file_with_one_line(latin_1_folder, tmp_path, monkeypatch):
+def test_finetune_absa_stops_on_a_latin_1_file_with_one_line(latin_1_folder, tmp_path, run_as_main):
     # The script as `python finetune_absa.py` runs it, in this process. A model that does not exist: the data must
     # be refused before any model is looked for.
-    import runpy
-    monkeypatch.setattr(sys, "argv", ["finetune_absa.py", "--model_name_or_path", "no/such-model", "--dataset",
-                                      str(latin_1_folder), "--output_dir", str(tmp_path / "out")])
     with pytest.raises(SystemExit) as stopped:  # a string: Python prints it as one line, without a traceback
-        runpy.run_path(str(ROOT / "finetune_absa.py"), run_name="__main__")
+        run_as_main(ROOT / "finetune_absa.py", "--model_name_or_path", "no/such-model", "--dataset", latin_1_folder,
+                    "--output_dir", tmp_path / "out")
     message = stopped.value.code
     assert isinstance(message, str) and "\n" not in message, message
     assert "train.raw, line 10" in message and "not UTF-8 text (byte 0xe9 at column 4)" in message, message
