@@ -5,6 +5,7 @@ Every folder is written under a temporary name and renamed into place, so a cras
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from pathlib import Path
@@ -117,13 +118,29 @@ def check_resume(checkpoint: str | None, settings, train_order) -> None:
 
 def check_parameter_groups(checkpoint: str, optimizer) -> None:
     """Refuse, before its optimizer state is loaded, a checkpoint whose optimizer had other parameter groups (another
-    --layer_lr_decay or --freeze_word_embeddings): torch would stop inside load_state with a traceback."""
+    --layer_lr_decay or --freeze_word_embeddings: torch would stop inside load_state with a traceback) or other peak
+    learning rates (another --learning_rate, or a default that changed since: the rest of the run would silently
+    train at another rate than its first part). `optimizer` is fresh: each group's rate is its peak."""
     saved = torch.load(Path(checkpoint) / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=False)
     now = [len(group["params"]) for group in optimizer.param_groups]
     if saved.get("parameter_groups") and saved["parameter_groups"] != now:
         raise SystemExit(f"{checkpoint}: its optimizer has parameter groups of {saved['parameter_groups']} tensors, "
                          f"these settings make {now}: resume it with the --layer_lr_decay and "
                          "--freeze_word_embeddings it was trained with, or start over with --overwrite_output_dir")
+    peaks, now = saved.get("peak_learning_rates"), [group["lr"] for group in optimizer.param_groups]
+    if not peaks and (Path(checkpoint) / "optimizer.bin").is_file():  # written before the peaks were recorded
+        groups = torch.load(Path(checkpoint) / "optimizer.bin", map_location="cpu", weights_only=False,
+                            mmap=True)["param_groups"]  # mmap: the states are not read
+        peaks = [group["initial_lr"] for group in groups] if all("initial_lr" in g for g in groups) else None
+    if peaks and (len(peaks) != len(now) or not all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(peaks, now))):
+        raise SystemExit(f"{checkpoint} was trained at peak learning rate {format_rates(peaks)}, these settings give "
+                         f"{format_rates(now)}: resume it with the --learning_rate (and --layer_lr_decay) it was "
+                         "trained with, or start over with --overwrite_output_dir")
+
+
+def format_rates(rates: list[float]) -> str:
+    distinct = sorted(set(rates), reverse=True)
+    return f"{distinct[0]:g}" if len(distinct) == 1 else f"{distinct[0]:g} (top) to {distinct[-1]:g} (bottom layer)"
 
 
 def clear_output_dir(accelerator: Accelerator, output_dir: Path, checkpoint: str | None) -> None:

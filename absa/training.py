@@ -78,6 +78,7 @@ class RunState:
     per_device_batch_size: int = 0
     selection: list = field(default_factory=list)  # [metric_for_best_model, select_on_test] `best` was chosen by
     parameter_groups: list = field(default_factory=list)  # each optimizer group's tensor count: what its state fits
+    peak_learning_rates: list = field(default_factory=list)  # each group's peak rate: the recipe it trains at
 
     def __post_init__(self):
         self._loss_sum = None  # on the device: read once per evaluation or checkpoint, not once per step
@@ -160,6 +161,7 @@ def linear_schedule(optimizer, learning_rate: float | list[float], warmup_steps:
         raise ValueError(f"{len(peaks)} peak learning rates for {len(optimizer.param_groups)} parameter groups")
     for group, peak in zip(optimizer.param_groups, peaks):  # an FSDP2 (DCP) checkpoint's optimizer does not bring
         group["initial_lr"] = peak  # the peak back
+    run.peak_learning_rates = list(peaks)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: linear_scale(step, warmup_steps, total_steps, decay_from), last_epoch=run.step - 1)
 

@@ -62,8 +62,10 @@ DATASETS = {"laptop14": benchlib.DATASET,
 # MAMS has 11186 train aspects (4.8x Laptop14) and its own validation split: fewer epochs reach its best.
 DATASET_FLAGS = {"laptop14": [], "mams": ["--num_epochs", "4", "--early_stopping_patience", "2"]}
 # Today's recipe per encoder: finetune_absa.py's defaults before the recipe was tuned (the epoch chosen by validation
-# loss, 8 epochs, patience 3), pinned so that `today` keeps its meaning; small encoders such as MiniLM at lr 5e-5.
-BEFORE_TUNING = ["--metric_for_best_model", "loss", "--num_epochs", "8", "--early_stopping_patience", "3"]
+# loss, 8 epochs, patience 3, lr 1e-5), pinned so that `today` keeps its meaning; small encoders such as MiniLM at
+# lr 5e-5.
+BEFORE_TUNING = ["--metric_for_best_model", "loss", "--num_epochs", "8", "--early_stopping_patience", "3",
+                 "--learning_rate", "1e-5"]
 TODAY = {"minilm": [*BEFORE_TUNING, "--learning_rate", "5e-5"]}
 # Named levers, added to today's recipe (later flags win).
 RECIPES = {"today": [],

@@ -303,6 +303,26 @@ def test_resume_with_other_parameter_groups_is_refused_before_the_optimizer_load
     assert [row["step"] for row in resumed["validation_history"]] == [2, 4]
 
 
+def test_resume_at_another_learning_rate_is_refused(tiny_model_dirs, synthetic_folder, tmp_path):
+    # The rest of the run would train at another rate than its first part (a changed default, too), silently.
+    run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 2, "--eval_every_steps", 2)
+    results = (tmp_path / "run/results.json").read_bytes()
+    resume = ["--max_steps", 4, "--eval_every_steps", 2, "--resume_from_checkpoint", "latest"]
+    refused = r"trained at peak learning rate 0\.003, these settings give 0\.001: resume it with the --learning_rate"
+    with pytest.raises(SystemExit, match=refused):
+        run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", *resume, "--learning_rate", "1e-3")
+    # A checkpoint written before the peaks were recorded: its optimizer file still holds them.
+    checkpoint = next((tmp_path / "run/checkpoints").glob("step_*"))
+    state = torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=False)
+    assert state.pop("peak_learning_rates") == pytest.approx([3e-3, 3e-3])
+    torch.save(state, checkpoint / "custom_checkpoint_0.pkl")
+    with pytest.raises(SystemExit, match=refused):
+        run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", *resume, "--learning_rate", "1e-3")
+    assert (tmp_path / "run/results.json").read_bytes() == results
+    resumed = run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", *resume)  # the same rate: goes on
+    assert [row["step"] for row in resumed["validation_history"]] == [2, 4]
+
+
 def test_several_seeds_report_mean_and_range(tiny_model_dirs, synthetic_folder, tmp_path):
     from absa.training import run_for_seeds
 
