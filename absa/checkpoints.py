@@ -127,14 +127,15 @@ def check_parameter_groups(checkpoint: str, optimizer) -> None:
         raise SystemExit(f"{checkpoint}: its optimizer has parameter groups of {saved['parameter_groups']} tensors, "
                          f"these settings make {now}: resume it with the --layer_lr_decay and "
                          "--freeze_word_embeddings it was trained with, or start over with --overwrite_output_dir")
-    peaks, now = saved.get("peak_learning_rates"), [group["lr"] for group in optimizer.param_groups]
+    peaks, rates = saved.get("peak_learning_rates"), [group["lr"] for group in optimizer.param_groups]
     if not peaks and (Path(checkpoint) / "optimizer.bin").is_file():  # written before the peaks were recorded
         groups = torch.load(Path(checkpoint) / "optimizer.bin", map_location="cpu", weights_only=False,
                             mmap=True)["param_groups"]  # mmap: the states are not read
         peaks = [group["initial_lr"] for group in groups] if all("initial_lr" in g for g in groups) else None
-    if peaks and (len(peaks) != len(now) or not all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(peaks, now))):
+    if peaks and (len(peaks) != len(rates) or
+                  not all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(peaks, rates))):
         raise SystemExit(f"{checkpoint} was trained at peak learning rate {format_rates(peaks)}, these settings give "
-                         f"{format_rates(now)}: resume it with the --learning_rate (and --layer_lr_decay) it was "
+                         f"{format_rates(rates)}: resume it with the --learning_rate (and --layer_lr_decay) it was "
                          "trained with, or start over with --overwrite_output_dir")
 
 
