@@ -19,7 +19,9 @@ Every finished seed is appended to the results file at once; a run that is alrea
 recipe and seed) is not run again, so an interrupted sweep continues with the same command. The table: per encoder,
 data set and recipe, test macro-F1 and accuracy mean±sd (range) over the seeds, the paired macro-F1 difference to
 today's recipe on the same seeds, the mean best validation loss and validation macro-F1 (what a choice may look at),
-the wall minutes and the README sentences right.
+the wall minutes, the README sentences right and the precision the runs used (finetune_absa.py's default is bf16
+where the CPU computes it natively, fp32 elsewhere, so one sweep over two machines can mix them; the paired
+difference leaves out a seed whose two runs differ in precision; --mixed_precision no|bf16 pins it).
 
 compare (the default): finetune_absa.py with its defaults and the learning rate chosen for small encoders on
 validation (--learning_rate 5e-5, see bench/README.md), 3 seeds; then the seed recipe for the same seeds, reusing
@@ -47,6 +49,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -103,9 +106,10 @@ def run_seed_recipe(seed: int, epochs: float, output_dir: str, group: str, threa
     import torch
     torch.set_num_threads(threads)
     from transformers import Trainer
+
     from absa.aspects import encode_absa_splits
-    from absa.metrics import single_label_metrics
     from absa.encoders import load_tokenizer
+    from absa.metrics import single_label_metrics
 
     started = time.time()
     benchlib.quiet_libraries()
@@ -223,9 +227,11 @@ def recipe_flags(recipe: str) -> list[str]:
     return [part for pair in recipe.split(",") for part in (f"--{pair.split('=', 1)[0]}", pair.split("=", 1)[1])]
 
 
-def run_recipe(seed: int, model: str, path: str, dataset: str, recipe: str, output_root: str) -> dict:
+def run_recipe(seed: int, model: str, path: str, dataset: str, recipe: str, output_root: str,
+               mixed_precision: str | None = None) -> dict:
     """One seed of a recipe; the README sentences asked of its best model."""
-    flags = [*TODAY.get(model, BEFORE_TUNING), *DATASET_FLAGS[dataset], *recipe_flags(recipe)]
+    flags = [*TODAY.get(model, BEFORE_TUNING), *DATASET_FLAGS[dataset], *recipe_flags(recipe),
+             *(["--mixed_precision", mixed_precision] if mixed_precision else [])]
     row = run_product(seed, flags, f"{output_root}/recipes/{model}_{dataset}_{slug(recipe)}",
                       recipe_group(model, dataset, recipe), DATASETS[dataset], path)
     best = benchlib.ROOT / row["output_dir"] / "best_model"
@@ -272,15 +278,21 @@ def recipe_group(model: str, dataset: str, recipe: str) -> str:
     return f"recipe {model} {dataset} {recipe}"
 
 
+def precision(row: dict) -> str:
+    return {"no": "fp32"}.get(row["mixed_precision"], row["mixed_precision"])
+
+
 def summarize_recipes(rows: list[dict], seeds) -> None:
-    """Per encoder and data set: each recipe over the seeds, and its paired difference to today's recipe."""
+    """Per encoder and data set: each recipe over the seeds, the precisions they ran in, and its paired difference
+    to today's recipe over the seeds where both ran in the same precision (bf16 against fp32 would mix a precision
+    change into the recipe's)."""
     latest = {}
     for row in rows:
         if row["group"].startswith("recipe ") and row["seed"] in seeds:
             latest[row["model"], row["dataset"], row["recipe"], row["seed"]] = row
     for model, dataset in dict.fromkeys(key[:2] for key in latest):
         print(f"\n{model} on {dataset}:\n{'recipe':42} {'seeds':>5} {'test macro-F1':>19} {'test accuracy':>19} "
-              f"{'paired dF1':>16} {'val loss':>8} {'val F1':>6} {'min':>5} {'README':>6}")
+              f"{'paired dF1':>16} {'val loss':>8} {'val F1':>6} {'min':>5} {'README':>6}  precision")
         today = {key[3]: row for key, row in latest.items() if key[:3] == (model, dataset, "today")}
         for recipe in dict.fromkeys(key[2] for key in latest if key[:2] == (model, dataset)):
             members = [row for key, row in latest.items() if key[:3] == (model, dataset, recipe)]
@@ -289,15 +301,23 @@ def summarize_recipes(rows: list[dict], seeds) -> None:
                 values = np.array(values) * scale
                 spread = values.std(ddof=1) if len(values) > 1 else 0.0
                 return f"{values.mean():.1f}±{spread:.1f} ({values.min():.1f}-{values.max():.1f})"
-            paired = [row["test_macro_f1"] - today[row["seed"]]["test_macro_f1"] for row in members
-                      if row["seed"] in today]
+            pairs = [(row, today[row["seed"]]) for row in members if row["seed"] in today]
+            paired = [row["test_macro_f1"] - base["test_macro_f1"] for row, base in pairs
+                      if precision(row) == precision(base)]
+            unpaired = [row["seed"] for row, base in pairs if precision(row) != precision(base)]
+            precisions = Counter(precision(row) for row in members)
             print(f"{recipe[:42]:42} {len(members):>5} {stat([r['test_macro_f1'] for r in members]):>19} "
                   f"{stat([r['test_accuracy'] for r in members]):>19} "
                   f"{stat(paired) if paired and recipe != 'today' else '-':>16} "
                   f"{np.mean([r['best_validation']['loss'] for r in members]):>8.4f} "
                   f"{100 * np.mean([r['best_validation']['macro_f1'] for r in members]):>6.1f} "
                   f"{np.mean([r['wall_seconds'] for r in members]) / 60:>5.1f} "
-                  f"{np.mean([r['readme_examples']['correct'] for r in members]):>4.1f}/9")
+                  f"{np.mean([r['readme_examples']['correct'] for r in members]):>4.1f}/9  "
+                  + (" ".join(f"{name} {count}" for name, count in precisions.items()) if len(precisions) > 1
+                     else next(iter(precisions))))
+            if unpaired and recipe != "today":
+                print(f"{'':42}   (paired dF1 leaves out seed {', '.join(map(str, unpaired))}: another precision "
+                      "than today's run)")
 
 
 def slug(text: str) -> str:
@@ -335,6 +355,10 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=["today"], help="recipes: presets (" + ", ".join(RECIPES)
                         + ") or FLAG=VALUE[,FLAG=VALUE...]")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
+    parser.add_argument("--mixed_precision", choices=["no", "bf16"], default=None,
+                        help="recipes: pin finetune_absa.py's precision (default: its own, bf16 where the CPU has "
+                        "native bf16, else fp32), to pair with rows measured on another CPU; a seed whose row ran in "
+                        "another precision is run again")
     parser.add_argument("--epochs", type=float, default=8, help="seed recipe epochs (8 as published)")
     parser.add_argument("--max-steps", type=int, default=-1, help="seed: stop after N steps (smoke tests only)")
     parser.add_argument("--group", default=None, help="Name of this group of runs in the results file.")
@@ -405,14 +429,17 @@ def main() -> None:
         print(f"\n$ {command}")
     elif options.mode == "recipes":  # resumable: a (group, seed) already in the results file is not run again
         models = dict(("minilm", benchlib.MODEL) if spec == "minilm" else spec.split("=", 1) for spec in options.models)
-        done = {(row["group"], row["seed"]) for row in read_rows()}
+        done = {(row["group"], row["seed"]): row["mixed_precision"] for row in read_rows()
+                if row["group"].startswith("recipe ")}
         for dataset in options.datasets:
             for seed in options.seeds:  # seed-major: an interrupted sweep has every recipe on the first seeds
                 for model, path in models.items():
                     for recipe in options.recipes:
-                        if (recipe_group(model, dataset, recipe), seed) in done and not options.again:
+                        precision_done = done.get((recipe_group(model, dataset, recipe), seed))
+                        if precision_done and options.mixed_precision in (None, precision_done) and not options.again:
                             continue
-                        record(run_recipe, seed, model, path, dataset, recipe, options.output_root)
+                        record(run_recipe, seed, model, path, dataset, recipe, options.output_root,
+                               options.mixed_precision)
         summarize_recipes(read_rows(), options.seeds)
         print(f"\n$ {command}")
     elif options.mode == "ensembles":  # the seeds' best models of each recipe as one model, on test
