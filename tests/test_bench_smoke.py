@@ -50,3 +50,20 @@ def test_train_throughput_on_a_local_model_reports_the_shape_limit(tiny_model_di
     assert (results["results"]["c_fp32"]["shape_limit"]["tokens_per_step"]
             >= results["results"]["a"]["shape_limit"]["tokens_per_step"])
     assert set(results["ratios"]) == {"a/c_fp32"}
+
+
+def test_quality_recipes_table_pairs_only_seeds_run_in_the_same_precision(capsys):
+    import quality
+
+    def row(recipe, seed, f1, precision):
+        return {"group": quality.recipe_group("m", "d", recipe), "model": "m", "dataset": "d", "recipe": recipe,
+                "seed": seed, "test_macro_f1": f1, "test_accuracy": f1, "mixed_precision": precision,
+                "best_validation": {"loss": 0.5, "macro_f1": 0.8}, "wall_seconds": 60.0,
+                "readme_examples": {"correct": 9, "total": 9}}
+    rows = [row("today", 1, 0.70, "no"), row("today", 2, 0.70, "no"),
+            row("x=1", 1, 0.72, "no"), row("x=1", 2, 0.80, "bf16")]  # seed 2's +10 is a precision change too
+    quality.summarize_recipes(rows, [1, 2])
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert "2.0±0.0 (2.0-2.0)" in lines["x=1"] and lines["x=1"].endswith("fp32 1 bf16 1")
+    assert lines["(paired"].strip().startswith("(paired dF1 leaves out seed 2:")
+    assert lines["today"].endswith("fp32")
