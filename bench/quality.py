@@ -5,7 +5,7 @@
     python bench/quality.py product --seeds 42 1 2       # finetune_absa.py (defaults; selects on validation)
     python bench/quality.py product --seeds 42 1 2 -- --learning_rate 5e-5   # extra finetune_absa.py flags
     python bench/quality.py sweep --values 1e-5 3e-5 1e-4 --flag learning_rate   # choose on VALIDATION, seed 42
-    python bench/quality.py formats --seeds 42 1 2 3 4   # each --input_format on Laptop14 and MAMS, paired table
+    python bench/quality.py formats --seeds 42 1 2 3 4   # each --input_format on Laptop14 and MAMS, paired to td_bert
     python bench/quality.py table                         # mean and range of every group measured so far
     python bench/quality.py recipes --models minilm mpnet=/path/to/mpnet --datasets laptop14 \
         --recipes today metric_for_best_model=macro_f1 --seeds 42 1 2 3 4   # recipes x encoders x data sets
@@ -21,7 +21,8 @@ data set and recipe, test macro-F1 and accuracy mean±sd (range) over the seeds,
 today's recipe on the same seeds, the mean best validation loss and validation macro-F1 (what a choice may look at),
 the wall minutes, the README sentences right and the precision the runs used (finetune_absa.py's default is bf16
 where the CPU computes it natively, fp32 elsewhere, so one sweep over two machines can mix them; the paired
-difference leaves out a seed whose two runs differ in precision; --mixed_precision no|bf16 pins it).
+difference, here and in the formats table, leaves out a seed whose two runs differ in precision;
+--mixed_precision no|bf16 pins it).
 
 compare (the default): finetune_absa.py with its defaults and the learning rate chosen for small encoders on
 validation (--learning_rate 5e-5, see bench/README.md), 3 seeds; then the seed recipe for the same seeds, reusing
@@ -33,8 +34,8 @@ text padded to 100 tokens, fp32, lr 1e-5, batch 16, weight decay 0.01, 100 warm-
 (the product's AbsaClassifier, max pooling); it evaluates on TEST after every epoch and reports the epoch with the
 best test macro-F1 (the most favourable choice for the seed on the target metric).
 product: `python finetune_absa.py --model_name_or_path embedded-minilm --dataset <Laptop14> --seeds ...` in a
-subprocess, exactly as a user runs it; it carves 10 % of train for validation, selects by validation loss, and
-tests once. Its results.json gives test accuracy / macro-F1 and wall_seconds.
+subprocess, exactly as a user runs it; it carves 10 % of train for validation, selects the epoch on validation
+(macro-F1 by default), and tests once. Its results.json gives test accuracy / macro-F1 and wall_seconds.
 Wall time: from the start of `main` (data loading) to the final test evaluation, for both (interpreter start-up and
 imports not included for either).
 Every run appends a line to bench/results/quality.jsonl (group, seed, test accuracy, test macro-F1, wall seconds,
@@ -191,8 +192,35 @@ def readme_examples(model_dir) -> dict:
     return {"correct": sum(s["expected"] == s["predicted"] for s in said), "total": len(said), "predictions": said}
 
 
+def stat(values, scale=100.0) -> str:
+    """mean ± sd (min-max) of a metric over seeds, in points."""
+    values = np.array(values) * scale
+    spread = values.std(ddof=1) if len(values) > 1 else 0.0
+    return f"{values.mean():.1f}±{spread:.1f} ({values.min():.1f}-{values.max():.1f})"
+
+
+def precision(row: dict) -> str:
+    return {"no": "fp32"}.get(row["mixed_precision"], row["mixed_precision"])
+
+
+def paired_differences(members: list[dict], base: dict[int, dict]) -> tuple[list[float], list[int]]:
+    """Test macro-F1 minus the baseline's on the same seed, over the seeds where both ran in the same precision (bf16
+    against fp32 would mix a precision change into the difference); and the seeds left out for that."""
+    pairs = [(row, base[row["seed"]]) for row in members if row["seed"] in base]
+    paired = [row["test_macro_f1"] - other["test_macro_f1"] for row, other in pairs
+              if precision(row) == precision(other)]
+    return paired, [row["seed"] for row, other in pairs if precision(row) != precision(other)]
+
+
+def print_left_out(unpaired: list[int], baseline: str) -> None:
+    if unpaired:
+        print(f"{'':42}   (paired dF1 leaves out seed {', '.join(map(str, unpaired))}: another precision "
+              f"than {baseline}'s run)")
+
+
 def summarize_formats(rows: list[dict], seeds) -> None:
-    """Per dataset and format: mean ± sd and range over seeds, and the paired difference to TD-BERT (same seeds)."""
+    """Per dataset and format: mean ± sd and range over seeds, and the paired difference to TD-BERT (same seeds, same
+    precision)."""
     latest = {}
     for row in rows:
         if row["group"].startswith("formats ") and row["seed"] in seeds:
@@ -203,13 +231,7 @@ def summarize_formats(rows: list[dict], seeds) -> None:
         base = {seed: row for (d, f, seed), row in latest.items() if d == dataset and f == "td_bert"}
         for input_format in dict.fromkeys(key[1] for key in latest if key[0] == dataset):
             members = [row for (d, f, _), row in latest.items() if d == dataset and f == input_format]
-
-            def stat(values, scale=100.0, digits=1):
-                values = np.array(values) * scale
-                return (f"{values.mean():.{digits}f}±{values.std(ddof=1) if len(values) > 1 else 0:.{digits}f} "
-                        f"({values.min():.{digits}f}-{values.max():.{digits}f})")
-            paired = [row["test_macro_f1"] - base[row["seed"]]["test_macro_f1"] for row in members
-                      if row["seed"] in base]
+            paired, unpaired = paired_differences(members, base)
             shown = stat(paired) if paired and input_format != "td_bert" else "-"
             readme = sum(r["readme_examples"]["correct"] for r in members) / len(members)
             print(f"{'':10}{input_format:15} {len(members):>5} {stat([r['test_macro_f1'] for r in members]):>20} "
@@ -218,6 +240,8 @@ def summarize_formats(rows: list[dict], seeds) -> None:
                   f"{100 * np.mean([r['contrastive_accuracy'] for r in members]):>16.1f} "
                   f"{readme:>4.1f}/{members[0]['readme_examples']['total']} "
                   f"{np.mean([r['train_samples_per_second'] for r in members]):>9.1f}  {shown}")
+            if input_format != "td_bert":
+                print_left_out(unpaired, "td_bert")
 
 
 def recipe_flags(recipe: str) -> list[str]:
@@ -278,10 +302,6 @@ def recipe_group(model: str, dataset: str, recipe: str) -> str:
     return f"recipe {model} {dataset} {recipe}"
 
 
-def precision(row: dict) -> str:
-    return {"no": "fp32"}.get(row["mixed_precision"], row["mixed_precision"])
-
-
 def summarize_recipes(rows: list[dict], seeds) -> None:
     """Per encoder and data set: each recipe over the seeds, the precisions they ran in, and its paired difference
     to today's recipe over the seeds where both ran in the same precision (bf16 against fp32 would mix a precision
@@ -296,15 +316,7 @@ def summarize_recipes(rows: list[dict], seeds) -> None:
         today = {key[3]: row for key, row in latest.items() if key[:3] == (model, dataset, "today")}
         for recipe in dict.fromkeys(key[2] for key in latest if key[:2] == (model, dataset)):
             members = [row for key, row in latest.items() if key[:3] == (model, dataset, recipe)]
-
-            def stat(values, scale=100.0):
-                values = np.array(values) * scale
-                spread = values.std(ddof=1) if len(values) > 1 else 0.0
-                return f"{values.mean():.1f}±{spread:.1f} ({values.min():.1f}-{values.max():.1f})"
-            pairs = [(row, today[row["seed"]]) for row in members if row["seed"] in today]
-            paired = [row["test_macro_f1"] - base["test_macro_f1"] for row, base in pairs
-                      if precision(row) == precision(base)]
-            unpaired = [row["seed"] for row, base in pairs if precision(row) != precision(base)]
+            paired, unpaired = paired_differences(members, today)
             precisions = Counter(precision(row) for row in members)
             print(f"{recipe[:42]:42} {len(members):>5} {stat([r['test_macro_f1'] for r in members]):>19} "
                   f"{stat([r['test_accuracy'] for r in members]):>19} "
@@ -315,9 +327,8 @@ def summarize_recipes(rows: list[dict], seeds) -> None:
                   f"{np.mean([r['readme_examples']['correct'] for r in members]):>4.1f}/9  "
                   + (" ".join(f"{name} {count}" for name, count in precisions.items()) if len(precisions) > 1
                      else next(iter(precisions))))
-            if unpaired and recipe != "today":
-                print(f"{'':42}   (paired dF1 leaves out seed {', '.join(map(str, unpaired))}: another precision "
-                      "than today's run)")
+            if recipe != "today":
+                print_left_out(unpaired, "today")
 
 
 def slug(text: str) -> str:
@@ -331,14 +342,15 @@ def summarize(rows: list[dict]) -> None:
     print(f"{'group':44} {'seeds':>10} {'macro-F1 mean (range)':>24} {'accuracy mean (range)':>24} {'wall min':>9} "
           f"{'val loss':>8}")
     for group, members in groups.items():
-        def stat(key, scale=100.0):
+        def mean_range(key, scale=100.0):
             values = np.array([m[key] for m in members]) * scale
             return f"{values.mean():.1f} ({values.min():.1f}-{values.max():.1f})"
         seeds = ",".join(str(m["seed"]) for m in members)
         wall = np.mean([m["wall_seconds"] for m in members]) / 60
         losses = [m["best_validation"]["loss"] for m in members if m.get("best_validation")]
         loss = f"{np.mean(losses):.4f}" if losses else "(test)"  # the seed recipe has no validation split
-        print(f"{group:44} {seeds:>10} {stat('test_macro_f1'):>24} {stat('test_accuracy'):>24} {wall:9.1f} {loss:>8}")
+        print(f"{group:44} {seeds:>10} {mean_range('test_macro_f1'):>24} {mean_range('test_accuracy'):>24} "
+              f"{wall:9.1f} {loss:>8}")
 
 
 def main() -> None:

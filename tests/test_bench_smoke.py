@@ -67,3 +67,19 @@ def test_quality_recipes_table_pairs_only_seeds_run_in_the_same_precision(capsys
     assert "2.0±0.0 (2.0-2.0)" in lines["x=1"] and lines["x=1"].endswith("fp32 1 bf16 1")
     assert lines["(paired"].strip().startswith("(paired dF1 leaves out seed 2:")
     assert lines["today"].endswith("fp32")
+
+
+def test_quality_formats_table_pairs_only_seeds_run_in_the_same_precision(capsys):
+    import quality
+
+    def row(input_format, seed, f1, precision):
+        return {"group": f"formats laptop14 {input_format}", "dataset": "laptop14", "input_format": input_format,
+                "seed": seed, "test_macro_f1": f1, "test_accuracy": f1, "mixed_precision": precision,
+                "best_validation": {"loss": 0.5}, "contrastive_accuracy": 0.7, "train_samples_per_second": 10.0,
+                "readme_examples": {"correct": 9, "total": 9}}
+    rows = [row("td_bert", 1, 0.70, "bf16"), row("td_bert", 2, 0.70, "bf16"),
+            row("pair", 1, 0.71, "bf16"), row("pair", 2, 0.80, "no")]  # seed 2's +10 is a precision change too
+    quality.summarize_formats(rows, [1, 2])
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert lines["pair"].endswith("1.0±0.0 (1.0-1.0)")
+    assert lines["(paired"].strip() == "(paired dF1 leaves out seed 2: another precision than td_bert's run)"
