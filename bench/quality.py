@@ -212,9 +212,9 @@ def paired_differences(members: list[dict], base: dict[int, dict]) -> tuple[list
     return paired, [row["seed"] for row, other in pairs if precision(row) != precision(other)]
 
 
-def print_left_out(unpaired: list[int], baseline: str) -> None:
+def print_left_out(unpaired: list[int], baseline: str, indent: int = 42) -> None:
     if unpaired:
-        print(f"{'':42}   (paired dF1 leaves out seed {', '.join(map(str, unpaired))}: another precision "
+        print(f"{'':{indent}}   (paired dF1 leaves out seed {', '.join(map(str, unpaired))}: another precision "
               f"than {baseline}'s run)")
 
 
@@ -311,14 +311,16 @@ def summarize_recipes(rows: list[dict], seeds) -> None:
         if row["group"].startswith("recipe ") and row["seed"] in seeds:
             latest[row["model"], row["dataset"], row["recipe"], row["seed"]] = row
     for model, dataset in dict.fromkeys(key[:2] for key in latest):
-        print(f"\n{model} on {dataset}:\n{'recipe':42} {'seeds':>5} {'test macro-F1':>19} {'test accuracy':>19} "
+        recipes = list(dict.fromkeys(key[2] for key in latest if key[:2] == (model, dataset)))
+        width = max(42, *map(len, recipes))  # whole names: screened recipes share long prefixes
+        print(f"\n{model} on {dataset}:\n{'recipe':{width}} {'seeds':>5} {'test macro-F1':>19} {'test accuracy':>19} "
               f"{'paired dF1':>16} {'val loss':>8} {'val F1':>6} {'min':>5} {'README':>6}  precision")
         today = {key[3]: row for key, row in latest.items() if key[:3] == (model, dataset, "today")}
-        for recipe in dict.fromkeys(key[2] for key in latest if key[:2] == (model, dataset)):
+        for recipe in recipes:
             members = [row for key, row in latest.items() if key[:3] == (model, dataset, recipe)]
             paired, unpaired = paired_differences(members, today)
             precisions = Counter(precision(row) for row in members)
-            print(f"{recipe[:42]:42} {len(members):>5} {stat([r['test_macro_f1'] for r in members]):>19} "
+            print(f"{recipe:{width}} {len(members):>5} {stat([r['test_macro_f1'] for r in members]):>19} "
                   f"{stat([r['test_accuracy'] for r in members]):>19} "
                   f"{stat(paired) if paired and recipe != 'today' else '-':>16} "
                   f"{np.mean([r['best_validation']['loss'] for r in members]):>8.4f} "
@@ -328,7 +330,7 @@ def summarize_recipes(rows: list[dict], seeds) -> None:
                   + (" ".join(f"{name} {count}" for name, count in precisions.items()) if len(precisions) > 1
                      else next(iter(precisions))))
             if recipe != "today":
-                print_left_out(unpaired, "today")
+                print_left_out(unpaired, "today", width)
 
 
 def slug(text: str) -> str:

@@ -69,6 +69,21 @@ def test_quality_recipes_table_pairs_only_seeds_run_in_the_same_precision(capsys
     assert lines["today"].endswith("fp32")
 
 
+def test_quality_recipes_table_names_recipes_that_share_a_long_prefix_in_full(capsys):
+    import quality
+
+    base = "metric_for_best_model=macro_f1,learning_rate=3e-5"  # over the 42 columns the table used to cut at
+    rows = [{"group": quality.recipe_group("m", "d", recipe), "model": "m", "dataset": "d", "recipe": recipe,
+             "seed": 1, "test_macro_f1": f1, "test_accuracy": f1, "mixed_precision": "bf16",
+             "best_validation": {"loss": 0.5, "macro_f1": 0.8}, "wall_seconds": 60.0,
+             "readme_examples": {"correct": 9, "total": 9}}
+            for recipe, f1 in ((f"{base},layer_lr_decay=0.9", 0.71), (f"{base},label_smoothing=0.1", 0.73))]
+    quality.summarize_recipes(rows, [1])
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert "71.0" in lines[f"{base},layer_lr_decay=0.9"] and "73.0" in lines[f"{base},label_smoothing=0.1"]
+    assert len({len(line) for name, line in lines.items() if name.startswith(base)}) == 1  # columns still line up
+
+
 def test_quality_formats_table_pairs_only_seeds_run_in_the_same_precision(capsys):
     import quality
 
