@@ -52,16 +52,21 @@ def test_train_throughput_on_a_local_model_reports_the_shape_limit(tiny_model_di
     assert set(results["ratios"]) == {"a/c_fp32"}
 
 
+def recipe_row(recipe, seed, f1, precision):
+    """One results-file row of `bench/quality.py recipes` (encoder m, data set d), as the tables read it."""
+    import quality
+    return {"group": quality.recipe_group("m", "d", recipe), "model": "m", "dataset": "d", "recipe": recipe,
+            "seed": seed, "test_macro_f1": f1, "test_accuracy": f1, "mixed_precision": precision,
+            "best_validation": {"loss": 0.5, "macro_f1": 0.8}, "wall_seconds": 60.0,
+            "readme_examples": {"correct": 9, "total": 9}}
+
+
 def test_quality_recipes_table_pairs_only_seeds_run_in_the_same_precision(capsys):
     import quality
 
-    def row(recipe, seed, f1, precision):
-        return {"group": quality.recipe_group("m", "d", recipe), "model": "m", "dataset": "d", "recipe": recipe,
-                "seed": seed, "test_macro_f1": f1, "test_accuracy": f1, "mixed_precision": precision,
-                "best_validation": {"loss": 0.5, "macro_f1": 0.8}, "wall_seconds": 60.0,
-                "readme_examples": {"correct": 9, "total": 9}}
-    rows = [row("today", 1, 0.70, "no"), row("today", 2, 0.70, "no"),
-            row("x=1", 1, 0.72, "no"), row("x=1", 2, 0.80, "bf16")]  # seed 2's +10 is a precision change too
+    # seed 2's +10 is a precision change too
+    rows = [recipe_row("today", 1, 0.70, "no"), recipe_row("today", 2, 0.70, "no"),
+            recipe_row("x=1", 1, 0.72, "no"), recipe_row("x=1", 2, 0.80, "bf16")]
     quality.summarize_recipes(rows, [1, 2])
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
     assert "2.0±0.0 (2.0-2.0)" in lines["x=1"] and lines["x=1"].endswith("fp32 1 bf16 1")
@@ -73,10 +78,7 @@ def test_quality_recipes_table_names_recipes_that_share_a_long_prefix_in_full(ca
     import quality
 
     base = "metric_for_best_model=macro_f1,learning_rate=3e-5"  # over the 42 columns the table used to cut at
-    rows = [{"group": quality.recipe_group("m", "d", recipe), "model": "m", "dataset": "d", "recipe": recipe,
-             "seed": 1, "test_macro_f1": f1, "test_accuracy": f1, "mixed_precision": "bf16",
-             "best_validation": {"loss": 0.5, "macro_f1": 0.8}, "wall_seconds": 60.0,
-             "readme_examples": {"correct": 9, "total": 9}}
+    rows = [recipe_row(recipe, 1, f1, "bf16")
             for recipe, f1 in ((f"{base},layer_lr_decay=0.9", 0.71), (f"{base},label_smoothing=0.1", 0.73))]
     quality.summarize_recipes(rows, [1])
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
