@@ -404,6 +404,30 @@ def test_an_unfinished_checkpoint_is_refused(tmp_path):
     assert find_checkpoint(tmp_path, str(finished)) == finished == find_checkpoint(tmp_path, "latest")
 
 
+def test_a_checkpoint_that_cannot_be_written_says_where_and_keeps_the_last_one(tmp_path):
+    # A full disk made torch.save fail with "unexpected pos 820720832 vs 820720720", which names neither the folder
+    # nor the cause; the error now says which checkpoint, how much space is left and which checkpoint is kept.
+    from types import SimpleNamespace
+
+    from absa.checkpoints import find_checkpoint, save_checkpoint
+
+    kept = tmp_path / "checkpoints/step_0000002"
+    kept.mkdir(parents=True)
+    (kept / "model.safetensors").write_bytes(b"weights")
+
+    def full_disk(folder):
+        Path(folder).mkdir(parents=True)
+        (Path(folder) / "optimizer.bin").write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 820720832 vs 820720720")
+
+    accelerator = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None, save_state=full_disk)
+    with pytest.raises(RuntimeError, match=r"could not write checkpoint .*step_0000004 \(.* GiB free there; the "
+                                           r"newest complete checkpoint, .*step_0000002, is kept\): .*unexpected pos"):
+        save_checkpoint(accelerator, tmp_path, 4, keep=2)
+    assert (kept / "model.safetensors").read_bytes() == b"weights"
+    assert find_checkpoint(tmp_path, "latest") == kept
+
+
 def test_overwrite_never_removes_the_model_it_starts_from(tiny_model_dirs, synthetic_folder, tmp_path):
     # Fine-tuning a run's best model further in that run's folder: --overwrite_output_dir removed best_model/ before
     # the model was read from it, and the run failed with the model gone.
