@@ -190,7 +190,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep:
         accelerator.save_state(str(temporary))
     except (OSError, RuntimeError) as error:  # a full disk surfaces from torch.save as "unexpected pos ..."
         newest = checkpoints_in(output_dir)
-        raise RuntimeError(f"could not write checkpoint {folder} ({shutil.disk_usage(checkpoints).free / 2**30:.1f} "
+        raise RuntimeError(f"could not write checkpoint {folder} ({shutil.disk_usage(output_dir).free / 2**30:.1f} "
                            f"GiB free there; the newest complete checkpoint, {newest[-1] if newest else 'none'}, is "
                            f"kept): {error}") from error
     accelerator.wait_for_everyone()
