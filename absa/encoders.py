@@ -63,27 +63,54 @@ def load_tokenizer(name_or_path: str):
 
 
 def load_pretrained(auto_class, path: str, config, **kwargs):
-    """`auto_class.from_pretrained(path, config=config, **kwargs)`, with the checkpoint read once, not once per rank,
-    under FSDP's `fsdp_cpu_ram_efficient_loading`.
+    """`auto_class.from_pretrained(path, config=config, **kwargs)` in fp32, refused (SystemExit, on every process) when
+    the folder lacks weights of the encoder, and with the checkpoint read once, not once per rank, under FSDP's
+    `fsdp_cpu_ram_efficient_loading`.
 
-    transformers 5.25 still loads the whole checkpoint on every rank then (it only leaves weights missing from the
-    file on meta): every rank holds parameters backed by the mapped file, read into its memory as soon as anything
-    touches them. Here only global rank 0, whose state dict accelerate's `fsdp2_prepare_model` broadcasts into the
-    shards of every rank, opens the file; the other ranks build the model on the meta device (buffers real:
-    accelerate keeps non-persistent ones as they are). Both sides load in fp32, so the broadcast shapes and dtypes
-    match whatever the file holds
-    (accelerate upcasts to fp32 master weights under mixed precision anyway).
+    fp32 whatever the file holds: transformers 5 loads a bf16 or fp16 checkpoint in its own dtype, and training would
+    then update half-precision weights, losing the small updates (mixed precision computes in bf16 over fp32 weights).
+    Missing encoder weights would start random, with only a load report in the log to say so (a task head missing
+    from an encoder's checkpoint is expected: it is new).
+
+    transformers 5.25 still loads the whole checkpoint on every rank under FSDP (it only leaves weights missing from
+    the file on meta): every rank holds parameters backed by the mapped file, read into its memory as soon as
+    anything touches them. Here only global rank 0, whose state dict accelerate's `fsdp2_prepare_model` broadcasts
+    into the shards of every rank, opens the file; the other ranks build the model on the meta device (buffers real:
+    accelerate keeps non-persistent ones as they are).
     """
-    if not is_fsdp_enabled():
-        return auto_class.from_pretrained(path, config=config, **kwargs)
     kwargs.setdefault("dtype", torch.float32)
-    if torch.distributed.get_rank() == 0:
-        return auto_class.from_pretrained(path, config=config, **kwargs)
-    if Version(accelerate.__version__) < Version("1.16"):  # older ones give every meta parameter one optimizer slot
-        raise SystemExit(f"fsdp_cpu_ram_efficient_loading needs accelerate >= 1.16 (installed: {accelerate.__version__}"
-                         "); upgrade it, or set fsdp_cpu_ram_efficient_loading: false")
-    with init_empty_weights(include_buffers=False):
-        return auto_class.from_config(config, **kwargs)
+    sharded = is_fsdp_enabled()
+    if sharded and torch.distributed.get_rank() != 0:
+        if Version(accelerate.__version__) < Version("1.16"):  # older ones give every meta parameter one optimizer slot
+            raise SystemExit(f"fsdp_cpu_ram_efficient_loading needs accelerate >= 1.16 (installed: "
+                             f"{accelerate.__version__}); upgrade it, or set fsdp_cpu_ram_efficient_loading: false")
+        kwargs.pop("key_mapping", None)  # names of the file's weights; this rank reads no file
+        with init_empty_weights(include_buffers=False):
+            model = auto_class.from_config(config, **kwargs)
+        problem = [None]
+    else:
+        model, loading = auto_class.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
+        problem = [missing_encoder_weights(model, loading["missing_keys"], path)]
+    if sharded:  # rank 0 alone read the file; every rank stops, or none does
+        torch.distributed.broadcast_object_list(problem, src=0)
+    if problem[0]:
+        raise SystemExit(problem[0])
+    return model
+
+
+def missing_encoder_weights(model, missing_keys, path: str) -> str | None:
+    """What is wrong when the checkpoint lacks weights of the pretrained encoder (`model.base_model`, not a task head
+    around it), or None. A missing BERT-style pooler is let through: checkpoints pretrained without next-sentence
+    prediction lack it, and sequence classification trains it from scratch as transformers has always done."""
+    prefix = "" if model.base_model is model else model.base_model_prefix + "."
+    missing = sorted(key for key in missing_keys
+                     if key.startswith(prefix) and not key.removeprefix(prefix).startswith("pooler."))
+    if not missing:
+        return None
+    return (f"{path}: {len(missing)} weights of the {type(model.base_model).__name__} are not in this folder "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}), so they would start random. Give "
+            "a pretrained checkpoint of this model type (a finetune_absa.py model folder starts finetune_absa.py "
+            "only).")
 
 
 def require_fast_tokenizer(tokenizer, name: str = "") -> None:

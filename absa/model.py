@@ -74,7 +74,8 @@ class AbsaClassifier(nn.Module):
                      max_length: int | None = None, input_format: str = "td_bert", validation_split: dict | None = None,
                      numeric_labels: str | None = None, mixed_precision: str | None = None,
                      **load_kwargs) -> "AbsaClassifier":
-        """A new ABSA model around a pretrained encoder (Hub name, folder, or embedded short name).
+        """A new ABSA model around a pretrained encoder (Hub name, folder, or embedded short name), or around the
+        encoder of a fine-tuned ABSA model folder (`save_pretrained`'s): a new classifier either way.
 
         `max_length` (the training length) and `input_format` (absa.aspects.INPUT_FORMATS) are recorded in the
         config as `absa_max_length` and `absa_input_format`, so that prediction builds its inputs as training did;
@@ -87,6 +88,13 @@ class AbsaClassifier(nn.Module):
         id2label = dict(enumerate(label_names))
         try:
             config = AutoConfig.from_pretrained(path, id2label=id2label, label2id={v: k for k, v in id2label.items()})
+            if hasattr(config, "absa_pooling"):
+                # A fine-tuned ABSA model (a best_model folder, say of MAMS) as the start: its encoder goes on, under
+                # a new classifier; its records (another dataset's split, labels, precision) are not this run's.
+                for record in [key for key in vars(config) if key.startswith("absa_")]:
+                    delattr(config, record)
+                config.architectures = None
+                load_kwargs.setdefault("key_mapping", {r"^encoder\.": ""})  # AbsaClassifier's names -> encoder's
             encoder = load_pretrained(AutoModel, path, config, **_encoder_kwargs(config), **load_kwargs)
         except Exception as error:  # noqa: BLE001 - turned into a message that says what to do
             raise loading_error(name_or_path, error) from None

@@ -11,6 +11,7 @@ SHARDED_STATE_DICT checkpoints and resume. `pytest -m "" -k fsdp2` selects exact
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import pytest
 import torch
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils.launch import prepare_multi_gpu_env
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from test_finetune_absa import synthetic_absa, write_jsonl
 
@@ -121,6 +122,38 @@ def test_fsdp2_finetune_absa_trains_saves_reloads_and_tests(tiny_model_dirs, abs
                   "latest")
         again = json.loads((out / "results.json").read_text())
         assert again["test"] == json.loads(results_file)["test"]
+
+
+def test_fsdp2_finetune_absa_starts_from_a_fine_tuned_absa_folder(tiny_model_dirs, absa_folder, tmp_path):
+    # Rank 0 reads the folder (AbsaClassifier's weight names mapped to the encoder's), rank 1 builds on meta and gets
+    # the weights by broadcast. At learning rate 0 the best model's encoder is the start's, weight for weight.
+    from absa.model import WEIGHTS_NAME, AbsaClassifier
+
+    start = tmp_path / "start"
+    shutil.copytree(tiny_model_dirs["bert"], start)
+    model = AbsaClassifier.from_encoder(str(start), ("negative", "neutral", "positive"))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    model.save_pretrained(start)
+    run_fsdp2("finetune_absa.py", 2, "--model_name_or_path", start, "--dataset", absa_folder, "--output_dir",
+              tmp_path / "run", "--learning_rate", 0, *ABSA_ARGS, "--max_steps", 2)
+    trained, begun = load_file(tmp_path / "run" / "best_model" / WEIGHTS_NAME), load_file(start / WEIGHTS_NAME)
+    encoder = [name for name in begun if name.startswith("encoder.")]
+    assert len(encoder) > 20 and all(torch.equal(trained[name], begun[name]) for name in encoder)
+    assert not torch.equal(trained["classifier.weight"], begun["classifier.weight"])  # a new classifier
+
+    # A folder that lacks an encoder weight: rank 0 finds out, and both ranks stop (none waits for the other).
+    weights = load_file(tiny_model_dirs["bert"] / WEIGHTS_NAME)
+    del weights["encoder.layer.0.output.dense.weight"]
+    shutil.copytree(tiny_model_dirs["bert"], tmp_path / "incomplete")
+    save_file(weights, tmp_path / "incomplete" / WEIGHTS_NAME, metadata={"format": "pt"})
+    command, env = fsdp2_command("finetune_absa.py", 2, "--model_name_or_path", tmp_path / "incomplete", "--dataset",
+                                 absa_folder, "--output_dir", tmp_path / "refused", *ABSA_ARGS)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode != 0
+    assert done.stderr.count("encoder.layer.0.output.dense.weight") >= 2, done.stderr[-3000:]  # from each rank
+    assert not (tmp_path / "refused" / "best_model").exists()
 
 
 def pipeline_scores(model_dir: Path, texts: list[str]) -> list[list[float]]:

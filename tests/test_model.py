@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import datasets
@@ -207,6 +208,58 @@ def test_from_pretrained_of_a_plain_encoder_folder(tiny_model_dirs, tmp_path):
     assert str(tiny_model_dirs["bert"]) in message and "not an ABSA model" in message
     with pytest.raises(SystemExit, match="not an ABSA model"):
         AbsaClassifier.from_pretrained(tmp_path / "does-not-exist")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_fine_tuned_absa_folder_starts_a_new_model_with_its_encoder(tiny_model_dirs, loaded, tmp_path, family):
+    # Fine-tune on one dataset (MAMS, say), then start the next (Laptop14) from its best_model: the encoder's trained
+    # weights go on (not random ones, which a plain AutoModel load of the folder gives: its names have "encoder."
+    # in front), the classifier is new for the new labels, and the first run's records do not carry over.
+    first = copy_of(loaded, family)
+    with torch.no_grad():
+        for parameter in first.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    first.config.absa_validation_split = {"made": "given"}
+    first.config.absa_numeric_labels = "-1,0,1"
+    first.config.absa_mixed_precision = "bf16"
+    shutil.copytree(tiny_model_dirs[family], tmp_path / "mams")  # the tokenizer, as in a best_model folder
+    first.save_pretrained(tmp_path / "mams")
+    second = AbsaClassifier.from_encoder(str(tmp_path / "mams"), ("bad", "good"), max_length=64, mixed_precision="no")
+    trained = first.encoder.state_dict()
+    assert {k: v.dtype for k, v in second.encoder.state_dict().items()} == {k: v.dtype for k, v in trained.items()}
+    assert all(torch.equal(v, trained[k]) for k, v in second.encoder.state_dict().items())
+    assert second.classifier.weight.shape == (2, first.config.hidden_size)
+    assert not torch.equal(second.classifier.weight[:2], first.classifier.weight[:2])
+    assert second.config.id2label == {0: "bad", 1: "good"}
+    records = {k: v for k, v in second.config.to_dict().items() if k.startswith("absa_")}
+    assert records == {"absa_pooling": "max", "absa_max_length": 64, "absa_input_format": "td_bert",
+                       "absa_mixed_precision": "no"}
+
+
+def test_an_encoder_saved_in_half_precision_trains_in_fp32(tiny_model_dirs, tmp_path):
+    # transformers 5 loads a checkpoint in the dtype it was saved in; the optimizer must update fp32 weights
+    from transformers import AutoModel
+    encoder = AutoModel.from_pretrained(tiny_model_dirs["roberta"], dtype=torch.bfloat16)
+    shutil.copytree(tiny_model_dirs["roberta"], tmp_path, dirs_exist_ok=True)
+    encoder.save_pretrained(tmp_path)
+    model = AbsaClassifier.from_encoder(str(tmp_path), DEFAULT_LABELS)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    saved = load_file(tmp_path / WEIGHTS_NAME)
+    assert saved["embeddings.word_embeddings.weight"].dtype == torch.bfloat16
+    assert torch.equal(model.encoder.embeddings.word_embeddings.weight, saved["embeddings.word_embeddings.weight"].float())
+
+
+def test_a_folder_without_the_encoders_weights_is_refused_not_started_random(tiny_model_dirs, tmp_path):
+    from safetensors.torch import save_file
+    shutil.copytree(tiny_model_dirs["bert"], tmp_path, dirs_exist_ok=True)
+    weights = load_file(tmp_path / WEIGHTS_NAME)
+    del weights["encoder.layer.1.output.dense.weight"]
+    save_file(weights, tmp_path / WEIGHTS_NAME, metadata={"format": "pt"})
+    with pytest.raises(SystemExit) as info:
+        AbsaClassifier.from_encoder(str(tmp_path), DEFAULT_LABELS)
+    message = str(info.value)
+    assert message.startswith(str(tmp_path)) and "1 weights of the BertModel" in message
+    assert "encoder.layer.1.output.dense.weight" in message and "start random" in message
 
 
 @pytest.mark.parametrize("name", ["no-such-org/no-such-model", "/no/such/model/folder"])
