@@ -93,7 +93,6 @@ class AbsaClassifier(nn.Module):
                 # a new classifier; its records (another dataset's split, labels, precision) are not this run's.
                 for record in [key for key in vars(config) if key.startswith("absa_")]:
                     delattr(config, record)
-                config.architectures = None
                 load_kwargs.setdefault("key_mapping", {r"^encoder\.": ""})  # AbsaClassifier's names -> encoder's
             encoder = load_pretrained(AutoModel, path, config, **_encoder_kwargs(config), **load_kwargs)
         except Exception as error:  # noqa: BLE001 - turned into a message that says what to do
