@@ -36,7 +36,8 @@ from absa.metrics import is_better, scalar_metrics, single_label_metrics
 from absa.model import POOLINGS, AbsaClassifier, layer_depth
 from absa.reports import plot_confusion_matrix, plot_curves, report_evaluation, run_summary, write_json
 from absa.settings import TrainingSettings, parse_settings
-from absa.training import RunState, finish_run, linear_schedule, make_accelerator, optimizer_steps, run_for_seeds
+from absa.training import (RunState, average_weights, averaged_weights, finish_run, linear_schedule, make_accelerator,
+                           optimizer_steps, run_for_seeds)
 
 METRICS = ("loss", "accuracy", "macro_f1", "macro_precision", "macro_recall")
 
@@ -69,6 +70,9 @@ class Settings(TrainingSettings):
                                   "layer's rate is this times the rate of the layer above it (1: one rate for all)."})
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the training loss (the "
                                    "validation loss that may select the epoch is plain cross-entropy)."})
+    ema_decay: float = field(default=0.0, metadata={"help": "Evaluate, keep and test the exponential moving "
+                             "average of the weights, updated after each optimizer step with this decay (0.999: "
+                             "about the last 1000 steps); 0: the trained weights themselves."})
     num_epochs: int = 8
     max_length: int = 128
     # bf16 autocast where the hardware computes bf16 natively (an accelerate config's choice wins): the same
@@ -152,6 +156,7 @@ def main(settings: Settings) -> dict:
     run.num_processes, run.per_device_batch_size = accelerator.num_processes, settings.per_device_batch_size
     run.parameter_groups = [len(group["params"]) for group in optimizer.param_groups]
     run.selection = [settings.metric_for_best_model, settings.select_on_test]  # what `run.best` is a value of
+    run.ema_decay = settings.ema_decay
     # The schedule counts global optimizer steps (stepped once per step below), so it continues on any number of
     # processes; a prepared scheduler would count steps times processes.
     total_steps = optimizer_steps(settings, len(train_order.lengths), accelerator.num_processes, run)
@@ -192,6 +197,8 @@ def main(settings: Settings) -> dict:
                 optimizer.step()
                 if accelerator.sync_gradients:  # also after a step fp16's scaler skipped: the schedule is where
                     scheduler.step()  # run.step is, as a resumed run rebuilds it
+                    if settings.ema_decay:
+                        average_weights(optimizer, settings.ema_decay, run.step)
                 optimizer.zero_grad(set_to_none=True)
             run.batch_done(loss, len(labels) * accelerator.num_processes, len(train_order.lengths))
             if not accelerator.sync_gradients:
@@ -204,14 +211,18 @@ def main(settings: Settings) -> dict:
             # Evaluate every epoch, or every --eval_every_steps, and at the last step.
             every = settings.eval_every_steps
             if last_step or (run.step % every == 0 if every else end_of_epoch):
-                logits, labels = evaluate(accelerator, model, validation_loader)
-                metrics = single_label_metrics(logits, labels, settings.label_names)
-                # A new best? The main process decides for all: the answer gates a collective (the save).
-                metric = settings.metric_for_best_model
-                is_best, value = broadcast_object_list([is_better(metric, metrics[metric], run.best), metrics[metric]])
+                # With --ema_decay the moving average is the model evaluated and kept as the best.
+                with averaged_weights(optimizer, use=settings.ema_decay > 0):
+                    logits, labels = evaluate(accelerator, model, validation_loader)
+                    metrics = single_label_metrics(logits, labels, settings.label_names)
+                    # A new best? The main process decides for all: the answer gates a collective (the save).
+                    metric = settings.metric_for_best_model
+                    is_best, value = broadcast_object_list([is_better(metric, metrics[metric], run.best),
+                                                            metrics[metric]])
+                    if is_best:
+                        save_best_model(accelerator, model, tokenizer, output_dir / BEST_MODEL)
                 if is_best:
                     run.best, run.best_step, run.evaluations_without_improvement = value, run.step, 0
-                    save_best_model(accelerator, model, tokenizer, output_dir / BEST_MODEL)
                 else:
                     run.evaluations_without_improvement += 1
                 run.history.append({"epoch": run.epoch + 1, "step": run.step, **scalar_metrics(metrics),

@@ -86,7 +86,8 @@ def find_checkpoint(output_dir: Path, spec: str) -> Path:
 
 def check_resume(checkpoint: str | None, settings, train_order) -> None:
     """Refuse, before the model loads, a checkpoint whose position means nothing here: another seed, other
-    training data, another selection metric, or a checkpoint of an earlier version that counted batches."""
+    training data, another selection metric or weight average, or a checkpoint of an earlier version that counted
+    batches."""
     if not checkpoint:
         return
     saved = torch.load(Path(checkpoint) / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=False)
@@ -107,6 +108,12 @@ def check_resume(checkpoint: str | None, settings, train_order) -> None:
                          f"{'test' if selection[1] else 'validation'} split: resume it with --metric_for_best_model "
                          f"{selection[0]} --select_on_test {str(selection[1]).lower()}, or start over with "
                          "--overwrite_output_dir")
+    # With --ema_decay the best model and `best` are of the weights' moving average, which the checkpoint keeps.
+    ema_decay = getattr(settings, "ema_decay", 0.0)
+    if saved.get("ema_decay", 0.0) != ema_decay:
+        raise SystemExit(f"{checkpoint} was trained with --ema_decay {saved.get('ema_decay', 0.0):g}, not "
+                         f"{ema_decay:g}: resume it with --ema_decay {saved.get('ema_decay', 0.0):g}, or start over "
+                         "with --overwrite_output_dir")
     # Nothing left to train and nothing evaluated yet: there would be no best model to test, only one a killed run
     # may have left after this checkpoint.
     ended = (settings.max_steps and saved["step"] >= settings.max_steps) or saved["epoch"] >= settings.num_epochs

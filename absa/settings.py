@@ -147,3 +147,5 @@ def check_settings(settings: TrainingSettings) -> None:
         raise SystemExit(f"--layer_lr_decay must be above 0 and at most 1, got {settings.layer_lr_decay}")
     if not 0 <= getattr(settings, "label_smoothing", 0.0) < 1:
         raise SystemExit(f"--label_smoothing must be at least 0 and below 1, got {settings.label_smoothing}")
+    if not 0 <= getattr(settings, "ema_decay", 0.0) < 1:
+        raise SystemExit(f"--ema_decay must be at least 0 and below 1 (0: off), got {settings.ema_decay}")

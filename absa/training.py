@@ -1,5 +1,5 @@
 """Around the training loop both scripts write out: the Accelerator, the run's state, the learning-rate schedule
-in global optimizer steps, and several seeds."""
+in global optimizer steps, the weights' moving average, and several seeds."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import math
 import os
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -79,6 +80,7 @@ class RunState:
     selection: list = field(default_factory=list)  # [metric_for_best_model, select_on_test] `best` was chosen by
     parameter_groups: list = field(default_factory=list)  # each optimizer group's tensor count: what its state fits
     peak_learning_rates: list = field(default_factory=list)  # each group's peak rate: the recipe it trains at
+    ema_decay: float = 0.0  # the weights' moving average evaluated and kept (0: none): what `best` is a value of
 
     def __post_init__(self):
         self._loss_sum = None  # on the device: read once per evaluation or checkpoint, not once per step
@@ -171,6 +173,48 @@ def linear_scale(step: int, warmup_steps: int, total_steps: int, decay_from: lis
         return step / max(1, warmup_steps)
     start, scale = decay_from or (warmup_steps, 1.0)
     return scale * max(0.0, (total_steps - step) / max(1, total_steps - start))
+
+
+# The moving average of the weights lives in the optimizer's state, beside AdamW's moments: a checkpoint keeps it
+# and a resumed run (sharded under FSDP2, on any number of processes) gets it back the way it gets the moments.
+AVERAGE = "ema"
+
+
+def average_weights(optimizer, decay: float, step: int) -> None:
+    """After optimizer step `step` (0 first): each trained weight's exponential moving average moves towards it.
+
+    Until the average spans 1 / (1 - decay) steps it is the plain mean of every step's weights so far, so the
+    weights it started from do not linger in it (the bias an average started at them would have)."""
+    weight = max(1 - decay, 1 / (step + 1))
+    with torch.no_grad():
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                state = optimizer.state[parameter]
+                if AVERAGE in state:
+                    state[AVERAGE].lerp_(parameter.detach(), weight)
+                elif state:  # once AdamW has made its state (a first step fp16's scaler skipped has not): a state
+                    state[AVERAGE] = parameter.detach().clone()  # made before would stop AdamW making its own
+
+
+@contextmanager
+def averaged_weights(optimizer, use: bool = True):
+    """The moving average in place of the trained weights (evaluate, save the best model), then the trained weights
+    back, exactly: the two are swapped in place, so a sharded model's shards stay where they are."""
+    pairs = [(parameter.detach(), optimizer.state[parameter][AVERAGE]) for group in optimizer.param_groups
+             for parameter in group["params"] if use and AVERAGE in optimizer.state[parameter]]
+
+    def swap():
+        with torch.no_grad():
+            for weight, average in pairs:
+                trained = weight.clone()
+                weight.copy_(average)
+                average.copy_(trained)
+
+    swap()
+    try:
+        yield
+    finally:
+        swap()
 
 
 def finish_run(accelerator: Accelerator) -> None:
