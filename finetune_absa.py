@@ -212,7 +212,7 @@ def main(settings: Settings) -> dict:
             every = settings.eval_every_steps
             if last_step or (run.step % every == 0 if every else end_of_epoch):
                 # With --ema_decay the moving average is the model evaluated and kept as the best.
-                with averaged_weights(optimizer, use=settings.ema_decay > 0):
+                with averaged_weights(model, optimizer, use=settings.ema_decay > 0):
                     logits, labels = evaluate(accelerator, model, validation_loader)
                     metrics = single_label_metrics(logits, labels, settings.label_names)
                     # A new best? The main process decides for all: the answer gates a collective (the save).

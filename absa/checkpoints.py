@@ -231,17 +231,24 @@ def load_best_weights(accelerator: Accelerator, model, folder: Path) -> None:
     the file and the shards are broadcast from it: no process holds a second full copy of the model."""
     if accelerator.is_fsdp2:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-        from torch.distributed.fsdp import FSDPModule
 
-        for module in model.modules():  # the root keeps its parameters gathered after a forward without grad
-            if isinstance(module, FSDPModule):
-                module.reshard()
+        release_gathered_weights(model)
         state_dict = read_weights(folder) if accelerator.is_main_process else {}
         set_model_state_dict(model, state_dict, options=StateDictOptions(full_state_dict=True,
                                                                          broadcast_from_rank0=True))
     else:
         accelerator.unwrap_model(model).load_state_dict(read_weights(folder))
     accelerator.wait_for_everyone()
+
+
+def release_gathered_weights(model) -> None:
+    """Under FSDP2, drop the full weights a forward pass gathered: the root module keeps its own gathered after a
+    forward without grad, and the next forward would compute with them, not with the shards written since."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def read_weights(folder: Path) -> dict:

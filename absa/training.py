@@ -16,6 +16,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import GradientAccumulationPlugin, parse_flag_from_env, reduce, set_seed
 
+from .checkpoints import release_gathered_weights
 from .launch import (check_distributed_setup, check_shared_output_dir, end_run, keep_freed_memory,
                      resolve_mixed_precision)
 from .reports import write_json
@@ -197,13 +198,16 @@ def average_weights(optimizer, decay: float, step: int) -> None:
 
 
 @contextmanager
-def averaged_weights(optimizer, use: bool = True):
+def averaged_weights(model, optimizer, use: bool = True):
     """The moving average in place of the trained weights (evaluate, save the best model), then the trained weights
     back, exactly: the two are swapped in place, so a sharded model's shards stay where they are."""
     pairs = [(parameter.detach(), optimizer.state[parameter][AVERAGE]) for group in optimizer.param_groups
              for parameter in group["params"] if use and AVERAGE in optimizer.state[parameter]]
 
     def swap():
+        if not pairs:
+            return
+        release_gathered_weights(model)  # FSDP2: the next forward gathers the swapped-in shards
         with torch.no_grad():
             for weight, average in pairs:
                 trained = weight.clone()

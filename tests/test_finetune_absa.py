@@ -362,7 +362,8 @@ def _kill_when(process, path_glob: str, root: Path, timeout=120):
 @pytest.mark.parametrize("kill_after,extra", [pytest.param("checkpoints/step_0000019", [], marks=pytest.mark.slow),
                                               ("checkpoints/step_0000006", ["--checkpoint_every_steps", "3",
                                                                             "--layer_lr_decay", "0.5",
-                                                                            "--label_smoothing", "0.1"])],
+                                                                            "--label_smoothing", "0.1",
+                                                                            "--ema_decay", "0.9"])],
                          ids=["after-epoch-1", "mid-epoch-sigkill"])
 def test_resume_gives_the_same_run(tiny_model_dirs, synthetic_folder, tmp_path, kill_after, extra):
     args = ["--model_name_or_path", tiny_model_dirs["bert"], "--dataset", synthetic_folder,
@@ -533,6 +534,40 @@ def test_frozen_word_embeddings_stay_as_they_were(tiny_model_dirs, synthetic_fol
     assert not torch.equal(after[f"encoder.{layer}"], before[layer])
 
 
+def test_ema_decay_keeps_the_mean_then_the_moving_average_and_leaves_training_alone(tiny_model_dirs,
+                                                                                     synthetic_folder, tmp_path):
+    # The plain run's weights after each of its 4 steps (a checkpoint every step) give the expected average by hand:
+    # with decay 0.5 the weight of step t (0 first) in the update is max(0.5, 1 / (t + 1)): the mean of the first
+    # two steps' weights, then halving. The averaged run trains exactly as the plain one (its own checkpoints hold
+    # the trained weights, swapped back after each evaluation); what it evaluates, keeps and tests is the average.
+    model_dir = without_dropout(tiny_model_dirs["bert"], tmp_path / "no_dropout")
+    common = ["--max_steps", 4, "--warmup_steps", 0, "--checkpoint_every_steps", 1, "--keep_checkpoints", 4,
+              "--mixed_precision", "no", "--metric_for_best_model", "loss"]
+    plain = run_main(model_dir, synthetic_folder, tmp_path / "plain", *common, "--eval_every_steps", 1)
+    averaged = run_main(model_dir, synthetic_folder, tmp_path / "averaged", *common, "--eval_every_steps", 2,
+                        "--ema_decay", 0.5)
+    trained = [load_file(tmp_path / f"plain/checkpoints/step_{step:07d}/model.safetensors") for step in (1, 2, 3, 4)]
+    for step in (2, 4):
+        for key, value in load_file(tmp_path / f"averaged/checkpoints/step_{step:07d}/model.safetensors").items():
+            torch.testing.assert_close(value, trained[step - 1][key], rtol=0, atol=0)
+    history = {row["step"]: row for row in averaged["validation_history"]}
+    assert [row["train_loss"] for row in averaged["validation_history"]] == pytest.approx(
+        [(plain["validation_history"][0]["train_loss"] + plain["validation_history"][1]["train_loss"]) / 2,
+         (plain["validation_history"][2]["train_loss"] + plain["validation_history"][3]["train_loss"]) / 2], abs=1e-6)
+    expected = {2: [0.5, 0.5], 4: [0.125, 0.125, 0.25, 0.5]}
+    best = averaged["best_step"]
+    kept = load_file(tmp_path / "averaged/best_model/model.safetensors")
+    for key, value in kept.items():
+        mean = sum(share * trained[step][key].double() for step, share in enumerate(expected[best]))
+        torch.testing.assert_close(value.double(), mean, rtol=0, atol=1e-6)
+    assert any(not torch.equal(kept[key], trained[best - 1][key]) for key in kept)
+    # The averages were evaluated: not the plain run's numbers at those steps (step 2's average is not a model the
+    # plain run ever had), and the test is the kept average's.
+    assert history[2]["loss"] != pytest.approx(plain["validation_history"][1]["loss"], abs=1e-6)
+    assert averaged["best_validation"]["loss"] == history[best]["loss"]
+    assert averaged["test"]["loss"] != pytest.approx(plain["test"]["loss"], abs=1e-6)
+
+
 @pytest.mark.parametrize("family", ["bert", "deberta-v2"])
 def test_layer_lr_decay_gives_each_layer_its_rate(tiny_model_dirs, synthetic_folder, tmp_path, family):
     # Adam moves a weight by about the learning rate per step whatever its gradient, so after two steps (rates 1
@@ -578,7 +613,9 @@ def test_macro_f1_is_over_the_classes_the_split_holds_or_the_model_predicts():
 @pytest.mark.parametrize("flags,message", [(["--layer_lr_decay", "0"], "--layer_lr_decay must be above 0"),
                                            (["--layer_lr_decay", "1.5"], "--layer_lr_decay must be above 0"),
                                            (["--label_smoothing", "1"], "--label_smoothing must be at least 0"),
-                                           (["--label_smoothing", "-0.1"], "--label_smoothing must be at least 0")])
+                                           (["--label_smoothing", "-0.1"], "--label_smoothing must be at least 0"),
+                                           (["--ema_decay", "1"], "--ema_decay must be at least 0 and below 1"),
+                                           (["--ema_decay", "-0.5"], "--ema_decay must be at least 0 and below 1")])
 def test_recipe_levers_out_of_range_are_refused(flags, message):
     with pytest.raises(SystemExit, match=message):
         parse_settings(finetune_absa.Settings, flags)

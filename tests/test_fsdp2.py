@@ -124,6 +124,24 @@ def test_fsdp2_finetune_absa_trains_saves_reloads_and_tests(tiny_model_dirs, abs
         assert again["test"] == json.loads(results_file)["test"]
 
 
+def test_fsdp2_ema_evaluates_and_keeps_the_average_and_leaves_training_alone(tiny_model_dirs, absa_folder, tmp_path):
+    # The average is swapped into the shards for each evaluation and out again. The root FSDP2 unit keeps its weights
+    # gathered after a forward without grad: unless they are released, the next training step computes with the
+    # average's, and training drifts from the plain run's (its training loss shows it).
+    args = ["--model_name_or_path", tiny_model_dirs["bert"], "--dataset", absa_folder, "--learning_rate", "2e-2",
+            *ABSA_ARGS, "--max_steps", 8]
+    run_fsdp2("finetune_absa.py", 2, *args, "--output_dir", tmp_path / "plain")
+    run_fsdp2("finetune_absa.py", 2, *args, "--output_dir", tmp_path / "averaged", "--ema_decay", "0.5")
+    plain, averaged = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("plain", "averaged"))
+    assert [row["step"] for row in averaged["validation_history"]] == [2, 4, 6, 8]
+    assert [row["train_loss"] for row in averaged["validation_history"]] == pytest.approx(
+        [row["train_loss"] for row in plain["validation_history"]], abs=1e-6)
+    for mine, theirs in zip(averaged["validation_history"], plain["validation_history"]):  # the average evaluated
+        assert mine["loss"] != pytest.approx(theirs["loss"], abs=1e-6)
+    loss, matrix = absa_test_loss(tmp_path / "averaged" / "best_model", absa_folder)
+    assert loss == pytest.approx(averaged["test"]["loss"], abs=1e-5) and matrix == averaged["test"]["confusion_matrix"]
+
+
 def test_fsdp2_finetune_absa_starts_from_a_fine_tuned_absa_folder(tiny_model_dirs, absa_folder, tmp_path):
     # Rank 0 reads the folder (AbsaClassifier's weight names mapped to the encoder's), rank 1 builds on meta and gets
     # the weights by broadcast. At learning rate 0 the best model's encoder is the start's, weight for weight.
