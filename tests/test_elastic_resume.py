@@ -121,9 +121,9 @@ def test_saved_training_loss_is_every_processes(tmp_path):
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_two_process_run_resumed_exactly_on_two_and_elastically_on_one(tiny_model_dirs, data_96, tmp_path):
-    whole = common_args(tiny_model_dirs["bert"], data_96, tmp_path / "whole")
+    whole = common_args(tiny_model_dirs["bert"], data_96, tmp_path / "whole", "--ema_decay", "0.9")
     recorded_run(2, tmp_path / "whole_record", *whole)
-    args = common_args(tiny_model_dirs["bert"], data_96, tmp_path / "cut")
+    args = common_args(tiny_model_dirs["bert"], data_96, tmp_path / "cut", "--ema_decay", "0.9")
     recorded_run(2, tmp_path / "before", *args, stop_after=2)  # after 2 of 6 steps of 2 x 8 (32 examples)
     shutil.copytree(tmp_path / "cut", tmp_path / "elastic")
 
@@ -137,7 +137,8 @@ def test_two_process_run_resumed_exactly_on_two_and_elastically_on_one(tiny_mode
         torch.testing.assert_close(load_file(tmp_path / "cut" / last)[key], value, rtol=0, atol=0)
 
     # On 1 process with batch 4: the rest of epoch 1 (64 rows), then epoch 2, each row once.
-    elastic = common_args(tiny_model_dirs["bert"], data_96, tmp_path / "elastic", "--per_device_batch_size", 4)
+    elastic = common_args(tiny_model_dirs["bert"], data_96, tmp_path / "elastic", "--per_device_batch_size", 4,
+                          "--ema_decay", "0.9")
     resumed = recorded_run(1, tmp_path / "elastic_record", *elastic, "--resume_from_checkpoint", "latest")
     assert "example 32 of 96) on 1 process(es) x batch 4, not 2 x 8" in resumed.stdout, resumed.stdout
     before, after = trained_examples(tmp_path / "before"), trained_examples(tmp_path / "elastic_record")

@@ -228,9 +228,11 @@ def test_fsdp2_finetune_seqcls_trains_saves_reloads_and_tests(tiny_model_dirs, t
 
 @pytest.mark.slow  # over 25 s on 2 cores; a sibling in the default suite runs the same path
 def test_fsdp2_resume_after_kill_gives_the_uninterrupted_run(tiny_model_dirs, absa_folder, tmp_path):
-    # In xl.yaml's bf16 (MixedPrecisionPolicy): sharded fp32 master weights and AdamW states saved and resumed.
+    # In xl.yaml's bf16 (MixedPrecisionPolicy): sharded fp32 master weights, AdamW states and the weights' moving
+    # average saved and resumed.
     args = ["--model_name_or_path", tiny_model_dirs["bert"], "--dataset", absa_folder, "--learning_rate", "3e-3",
-            *ABSA_ARGS, "--mixed_precision", "bf16", "--checkpoint_every_steps", 4, "--keep_checkpoints", 10]
+            *ABSA_ARGS, "--mixed_precision", "bf16", "--checkpoint_every_steps", 4, "--keep_checkpoints", 10,
+            "--ema_decay", "0.9"]  # the weights' average too: the best model is of it
     run_fsdp2("finetune_absa.py", 2, *args, "--output_dir", tmp_path / "whole")
 
     command, env = fsdp2_command("finetune_absa.py", 2, *args, "--output_dir", tmp_path / "cut")

@@ -30,7 +30,8 @@ def test_fsdp2_sharded_checkpoint_resumes_on_another_number_of_processes(tiny_mo
                                                                          before, after):
     args = ["--model_name_or_path", tiny_model_dirs["bert"], "--dataset", absa_folder, "--output_dir",
             tmp_path / "run", "--learning_rate", "3e-3", *ABSA_ARGS, "--checkpoint_every_steps", 4,
-            "--early_stopping_patience", 100]  # every example of both epochs, however validation goes
+            "--early_stopping_patience", 100,  # every example of both epochs, however validation goes
+            "--ema_decay", "0.9"]  # the weights' average, in the optimizer's state, resharded too
     run_recorded_fsdp2(before, tmp_path / "before", *args, stop_after=4)
     assert (tmp_path / "run/checkpoints/step_0000004/pytorch_model_fsdp_0").is_dir()  # sharded (DCP)
     assert (tmp_path / "run/checkpoints/step_0000004/optimizer_0").is_dir()
