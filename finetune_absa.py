@@ -37,7 +37,7 @@ from absa.model import POOLINGS, AbsaClassifier, layer_depth
 from absa.reports import plot_confusion_matrix, plot_curves, report_evaluation, run_summary, write_json
 from absa.settings import TrainingSettings, parse_settings
 from absa.training import (RunState, average_weights, averaged_weights, finish_run, linear_schedule, make_accelerator,
-                           optimizer_steps, run_for_seeds)
+                           make_room_for_the_average, optimizer_steps, run_for_seeds)
 
 METRICS = ("loss", "accuracy", "macro_f1", "macro_precision", "macro_recall")
 
@@ -150,6 +150,8 @@ def main(settings: Settings) -> dict:
     accelerator.register_for_checkpointing(run)
     if checkpoint:
         check_parameter_groups(checkpoint, optimizer)  # another --layer_lr_decay, say: refused, not a traceback
+        if settings.ema_decay:
+            make_room_for_the_average(optimizer)  # or FSDP2's sharded load leaves it out
         accelerator.load_state(checkpoint)
         accelerator.step = 0  # checkpoints end an accumulation window; the saved count is per process
         accelerator.print(resume_message(accelerator, settings, run, checkpoint, len(train_order.lengths)))
@@ -197,8 +199,8 @@ def main(settings: Settings) -> dict:
                 optimizer.step()
                 if accelerator.sync_gradients:  # also after a step fp16's scaler skipped: the schedule is where
                     scheduler.step()  # run.step is, as a resumed run rebuilds it
-                    if settings.ema_decay:
-                        average_weights(optimizer, settings.ema_decay, run.step)
+                    if settings.ema_decay and not accelerator.optimizer_step_was_skipped:
+                        average_weights(optimizer, settings.ema_decay, run)
                 optimizer.zero_grad(set_to_none=True)
             run.batch_done(loss, len(labels) * accelerator.num_processes, len(train_order.lengths))
             if not accelerator.sync_gradients:

@@ -109,11 +109,10 @@ def check_resume(checkpoint: str | None, settings, train_order) -> None:
                          f"{selection[0]} --select_on_test {str(selection[1]).lower()}, or start over with "
                          "--overwrite_output_dir")
     # With --ema_decay the best model and `best` are of the weights' moving average, which the checkpoint keeps.
-    ema_decay = getattr(settings, "ema_decay", 0.0)
-    if saved.get("ema_decay", 0.0) != ema_decay:
-        raise SystemExit(f"{checkpoint} was trained with --ema_decay {saved.get('ema_decay', 0.0):g}, not "
-                         f"{ema_decay:g}: resume it with --ema_decay {saved.get('ema_decay', 0.0):g}, or start over "
-                         "with --overwrite_output_dir")
+    ema_decay, saved_decay = getattr(settings, "ema_decay", 0.0), saved.get("ema_decay", 0.0)
+    if saved_decay != ema_decay:
+        raise SystemExit(f"{checkpoint} was trained with --ema_decay {saved_decay}, not {ema_decay}: resume it with "
+                         f"--ema_decay {saved_decay}, or start over with --overwrite_output_dir")
     # Nothing left to train and nothing evaluated yet: there would be no best model to test, only one a killed run
     # may have left after this checkpoint.
     ended = (settings.max_steps and saved["step"] >= settings.max_steps) or saved["epoch"] >= settings.num_epochs

@@ -82,6 +82,7 @@ class RunState:
     parameter_groups: list = field(default_factory=list)  # each optimizer group's tensor count: what its state fits
     peak_learning_rates: list = field(default_factory=list)  # each group's peak rate: the recipe it trains at
     ema_decay: float = 0.0  # the weights' moving average evaluated and kept (0: none): what `best` is a value of
+    averaged_steps: int = 0  # optimizer steps in the average so far
 
     def __post_init__(self):
         self._loss_sum = None  # on the device: read once per evaluation or checkpoint, not once per step
@@ -181,20 +182,36 @@ def linear_scale(step: int, warmup_steps: int, total_steps: int, decay_from: lis
 AVERAGE = "ema"
 
 
-def average_weights(optimizer, decay: float, step: int) -> None:
-    """After optimizer step `step` (0 first): each trained weight's exponential moving average moves towards it.
+def average_weights(optimizer, decay: float, run: RunState) -> None:
+    """After an optimizer step (not one fp16's scaler skipped): each trained weight's exponential moving average
+    moves towards it.
 
-    Until the average spans 1 / (1 - decay) steps it is the plain mean of every step's weights so far, so the
-    weights it started from do not linger in it (the bias an average started at them would have)."""
-    weight = max(1 - decay, 1 / (step + 1))
+    Until the average spans 1 / (1 - decay) steps it is the plain mean of the weights of every step averaged so far
+    (`run.averaged_steps`), so the weights it started from do not linger in it (the bias an average started at them
+    would have)."""
+    weight = max(1 - decay, 1 / (run.averaged_steps + 1))
     with torch.no_grad():
         for group in optimizer.param_groups:
             for parameter in group["params"]:
                 state = optimizer.state[parameter]
                 if AVERAGE in state:
                     state[AVERAGE].lerp_(parameter.detach(), weight)
-                elif state:  # once AdamW has made its state (a first step fp16's scaler skipped has not): a state
-                    state[AVERAGE] = parameter.detach().clone()  # made before would stop AdamW making its own
+                else:
+                    state[AVERAGE] = parameter.detach().clone()
+    run.averaged_steps += 1
+
+
+def make_room_for_the_average(optimizer) -> None:
+    """Before `load_state` of a checkpoint that holds the average. FSDP2's sharded (DCP) load reads only the state
+    the fresh optimizer already has, and would leave the average out, silently: each place is made first, AdamW's
+    as torch makes them for that load (a step at learning rate 0), then the average's."""
+    from torch.distributed.checkpoint.state_dict import _init_optim_state
+
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper would step fp16's scaler too
+    _init_optim_state(optimizer)
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            optimizer.state[parameter][AVERAGE] = parameter.detach().clone()
 
 
 @contextmanager

@@ -535,7 +535,8 @@ def test_frozen_word_embeddings_stay_as_they_were(tiny_model_dirs, synthetic_fol
 
 
 def test_ema_decay_keeps_the_mean_then_the_moving_average_and_leaves_training_alone(tiny_model_dirs,
-                                                                                     synthetic_folder, tmp_path):
+                                                                                     synthetic_folder, tmp_path,
+                                                                                     monkeypatch):
     # The plain run's weights after each of its 4 steps (a checkpoint every step) give the expected average by hand:
     # with decay 0.5 the weight of step t (0 first) in the update is max(0.5, 1 / (t + 1)): the mean of the first
     # two steps' weights, then halving. The averaged run trains exactly as the plain one (its own checkpoints hold
@@ -566,6 +567,16 @@ def test_ema_decay_keeps_the_mean_then_the_moving_average_and_leaves_training_al
     assert history[2]["loss"] != pytest.approx(plain["validation_history"][1]["loss"], abs=1e-6)
     assert averaged["best_validation"]["loss"] == history[best]["loss"]
     assert averaged["test"]["loss"] != pytest.approx(plain["test"]["loss"], abs=1e-6)
+
+    # A step fp16's scaler skipped (simulated: the first) is not in the average: its mean starts at the next step.
+    from accelerate import Accelerator
+    skipped = []
+    monkeypatch.setattr(Accelerator, "optimizer_step_was_skipped",
+                        property(lambda self: not skipped and not skipped.append(True)))
+    run_main(model_dir, synthetic_folder, tmp_path / "skipped", *common, "--eval_every_steps", 4, "--ema_decay", 0.5)
+    for key, value in load_file(tmp_path / "skipped/best_model/model.safetensors").items():
+        mean = 0.25 * trained[1][key].double() + 0.25 * trained[2][key].double() + 0.5 * trained[3][key].double()
+        torch.testing.assert_close(value.double(), mean, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("family", ["bert", "deberta-v2"])
