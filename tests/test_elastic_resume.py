@@ -385,8 +385,9 @@ def test_a_checkpoint_resumed_with_another_weight_average_is_refused(tiny_model_
     # run resumed with an average its checkpoint does not hold would start one from the resumed weights, silently.
     run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 2, "--ema_decay", "0.9")
     results = (tmp_path / "run/results.json").read_bytes()
-    for flags, message in ((["--ema_decay", "0"], "trained with --ema_decay 0.9, not 0.0: resume it with --ema_decay 0.9"),
-                           (["--ema_decay", "0.99"], "trained with --ema_decay 0.9, not 0.99")):
+    refusals = ((["--ema_decay", "0"], "trained with --ema_decay 0.9, not 0.0: resume it with --ema_decay 0.9"),
+                (["--ema_decay", "0.99"], "trained with --ema_decay 0.9, not 0.99"))
+    for flags, message in refusals:
         with pytest.raises(SystemExit, match=message):
             run_main(tiny_model_dirs["bert"], synthetic_folder, tmp_path / "run", "--max_steps", 4,
                      "--resume_from_checkpoint", "latest", *flags)
