@@ -112,7 +112,7 @@ def main(settings: Settings) -> dict:
     features = encode_absa_splits(splits, tokenizer, settings.max_length, settings.input_format)
     # The aspects of one sentence share a batch, and the collator encodes that sentence once.
     loaders = make_dataloaders(features, AspectCollator(tokenizer, settings.pad_to_multiple_of), settings,
-                               keep_identical_inputs_together=True)
+                               accelerator.num_processes, keep_identical_inputs_together=True)
     accelerator.print({split: len(rows) for split, rows in splits.items()})
     train_order = loaders["train"].sampler  # the epoch's seeded order; a resumed run starts inside it
     check_resume(checkpoint, settings, train_order)  # another seed or other data: refused

@@ -144,7 +144,8 @@ def main(settings: Settings) -> dict:
     tokenizer.model_max_length = min(tokenizer.model_max_length, settings.max_length)
     splits, features = encode_text_splits(data.splits, tokenizer, tokenizer.model_max_length)
     collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=settings.pad_to_multiple_of)
-    loaders = make_dataloaders(features, collator, settings)  # evaluation loaders keep the row order of `splits`
+    # (evaluation loaders keep the row order of `splits`)
+    loaders = make_dataloaders(features, collator, settings, accelerator.num_processes)
     accelerator.print(f"task {data.task}, {len(data.label_names)} label(s), texts {'+'.join(data.text_columns)}; "
                       f"{ {split: len(rows) for split, rows in splits.items()} }")
     train_order = loaders["train"].sampler  # the epoch's seeded order; a resumed run starts inside it

@@ -25,10 +25,16 @@ class EpochSeededSampler(Sampler):
     same order before Accelerate shards it. `start` skips the examples of that order trained on already: a resumed
     run continues from the example where it stopped on any number of processes, and on as many as before it sees
     exactly the batches the interrupted run would have seen.
+
+    On several processes the order is filled up to a multiple of `pad_to_multiple_of` (processes x batch size) with
+    the epoch's first examples, as Accelerate's even batches would fill it. Done here, a run resumed inside the epoch
+    gets the same fill; Accelerate would fill with the first examples after where it resumed.
     """
 
-    def __init__(self, lengths, batch_size: int, seed: int, group_by_length: bool, groups=None, fingerprint=""):
+    def __init__(self, lengths, batch_size: int, seed: int, group_by_length: bool, groups=None, fingerprint="",
+                 pad_to_multiple_of: int = 1):
         self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
+        self.pad_to_multiple_of = pad_to_multiple_of
         self.group_by_length = group_by_length
         self.groups = groups or [[i] for i in range(len(self.lengths))]
         self.epoch = 0
@@ -39,7 +45,10 @@ class EpochSeededSampler(Sampler):
         self.epoch = epoch
 
     def __len__(self):
-        return len(self.lengths) - self.start
+        return len(self.lengths) + self.padding() - self.start
+
+    def padding(self) -> int:
+        return -len(self.lengths) % self.pad_to_multiple_of if self.lengths else 0
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -48,7 +57,9 @@ class EpochSeededSampler(Sampler):
             order = get_length_grouped_indices(lengths, self.batch_size, generator=generator)
         else:
             order = torch.randperm(len(self.groups), generator=generator).tolist()
-        return iter([i for group in order for i in self.groups[group]][self.start:])
+        examples = [i for group in order for i in self.groups[group]]
+        examples += (examples * (self.padding() // max(1, len(examples)) + 1))[:self.padding()]
+        return iter(examples[self.start:])
 
 
 def fingerprint(dataset, input_ids) -> str:
@@ -60,7 +71,8 @@ def fingerprint(dataset, input_ids) -> str:
     return digest.hexdigest()[:16]
 
 
-def make_dataloaders(features, collator, settings, keep_identical_inputs_together: bool = False) -> dict:
+def make_dataloaders(features, collator, settings, num_processes: int,
+                     keep_identical_inputs_together: bool = False) -> dict:
     """The train loader and one loader per evaluation split. With `keep_identical_inputs_together` evaluation
     splits are sorted by length too; without, they keep the order of `features` (the i-th output is the i-th row)."""
     loaders = {}
@@ -70,7 +82,8 @@ def make_dataloaders(features, collator, settings, keep_identical_inputs_togethe
         groups = text_groups(input_ids) if keep_identical_inputs_together else None
         if split == "train":
             sampler = EpochSeededSampler(lengths, settings.per_device_batch_size, settings.seed,
-                                         settings.group_by_length, groups, fingerprint(dataset, input_ids))
+                                         settings.group_by_length, groups, fingerprint(dataset, input_ids),
+                                         settings.per_device_batch_size * num_processes if num_processes > 1 else 1)
             # Its own generator: otherwise every new iterator draws a seed from the global RNG, and a resumed
             # run's dropout masks would drift from the uninterrupted run's.
             loaders[split] = DataLoader(dataset, batch_size=settings.per_device_batch_size, sampler=sampler,

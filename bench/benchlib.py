@@ -282,8 +282,8 @@ def run_finetune_absa(settings, after_step, on_train_batch=None, patch=None) -> 
             super().batch_done(loss, samples, epoch_examples)
             after_step(self, samples)
 
-    def dataloaders(features, collator, settings, **kwargs):
-        loaders = saved["make_dataloaders"](features, collator, settings, **kwargs)
+    def dataloaders(features, collator, settings, *args, **kwargs):
+        loaders = saved["make_dataloaders"](features, collator, settings, *args, **kwargs)
         for split, loader in loaders.items():  # evaluation batches are not training steps
             loader.collate_fn = ObservedCollatorView(collator, train=split == "train")
         return loaders

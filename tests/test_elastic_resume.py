@@ -104,6 +104,26 @@ accelerator.end_training()
 
 
 @pytest.mark.multiprocess
+# ~40 s on 2 cores; test_finetune_absa.py checks the same fill on the sampler alone, in the default suite.
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_resumed_inside_an_epoch_that_needs_a_fill_continue_exactly(tiny_model_dirs, synthetic_folder,
+                                                                                    tmp_path):
+    # 300 rows on 2 x 8: the epoch's last batches are filled with examples trained on already. The resumed run's fill
+    # used to be the first examples after where it resumed, so its numbers drifted from the uninterrupted run's.
+    args = ["--model_name_or_path", tiny_model_dirs["bert"], "--dataset", synthetic_folder, "--per_device_batch_size",
+            8, "--learning_rate", "3e-3", "--warmup_steps", 2, "--num_epochs", 1, "--checkpoint_every_steps", 3,
+            "--keep_checkpoints", 10]
+    recorded_run(2, tmp_path / "whole_record", *args, "--output_dir", tmp_path / "whole")
+    recorded_run(2, tmp_path / "before", *args, "--output_dir", tmp_path / "cut", stop_after=12)
+    recorded_run(2, tmp_path / "after", *args, "--output_dir", tmp_path / "cut", "--resume_from_checkpoint", "latest")
+    cut, whole = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("cut", "whole"))
+    assert cut["resumed_from"].endswith("step_0000012") and cut["optimizer_steps"] == whole["optimizer_steps"] == 19
+    assert cut["validation_history"] == whole["validation_history"]  # the training loss of both processes too
+    assert cut["test"] == whole["test"]
+    assert trained_examples(tmp_path / "before", tmp_path / "after") == trained_examples(tmp_path / "whole_record")
+
+
 def test_saved_training_loss_is_every_processes(tmp_path):
     # Only the main process's run state is written: it must hold the mean over processes of the loss sums (a
     # resumed run's first train_loss used to be the main process's alone).

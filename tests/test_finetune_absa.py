@@ -197,6 +197,32 @@ def test_sampler_keeps_a_sentences_aspects_together_and_depends_only_on_the_epoc
     assert list(plain) == get_length_grouped_indices(lengths, 8, generator=torch.Generator().manual_seed(3))
 
 
+@pytest.mark.parametrize("examples,processes,batch", [(300, 2, 8), (37, 2, 8), (11, 2, 8), (50, 3, 4), (64, 2, 8)])
+def test_several_processes_resumed_inside_an_epoch_get_the_batches_of_the_uninterrupted_run(examples, processes,
+                                                                                             batch):
+    # Accelerate's even batches fill each process's last batch of an epoch with the first examples of the iteration:
+    # a run resumed inside the epoch iterates from there, and was filled with other examples than the uninterrupted
+    # run. The sampler fills the epoch itself, with the examples Accelerate would have used uninterrupted.
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler
+
+    from absa.batches import EpochSeededSampler
+
+    def sharded(sampler):  # each process's batches, as accelerator.prepare shards the train loader
+        return [list(BatchSamplerShard(BatchSampler(sampler, batch, drop_last=False), processes, rank))
+                for rank in range(processes)]
+
+    lengths = [random.Random(i).randint(3, 40) for i in range(examples)]
+    accelerate_filled = sharded(EpochSeededSampler(lengths, batch, seed=3, group_by_length=True))
+    sampler = EpochSeededSampler(lengths, batch, seed=3, group_by_length=True, pad_to_multiple_of=processes * batch)
+    uninterrupted = sharded(sampler)
+    assert uninterrupted == accelerate_filled  # an uninterrupted run trains on what it trained on before
+    assert all(len(b) == batch for rank in uninterrupted for b in rank) and len(sampler) % (processes * batch) == 0
+    for done in range(1, len(uninterrupted[0])):  # resumed after `done` steps
+        sampler.start = done * processes * batch
+        assert sharded(sampler) == [rank[done:] for rank in uninterrupted], done
+
+
 @pytest.mark.parametrize("native,launched,expected", [(True, None, "bf16"), (False, None, "no"),
                                                       (True, "no", "no")])
 def test_mixed_precision_auto(monkeypatch, tmp_path, native, launched, expected):
