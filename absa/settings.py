@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import typing
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
@@ -98,7 +99,12 @@ def parse_settings(settings_class, args: list[str] | None = None):
     unknown += [f"--{name}" for name in unset if name not in settings_class.__dataclass_fields__]
     if unknown:  # HfArgumentParser's own refusal is a traceback
         raise SystemExit(f"{source}unknown setting(s): {' '.join(unknown)} (--help lists every setting)")
+    hints = typing.get_type_hints(settings_class)  # not the fields' types: HfArgumentParser strips their None
     for name, value in unset.items():
+        kind = getattr(hints[name], "__name__", str(hints[name]))  # "float", "str | None", "list[int]"
+        if "None" not in kind and not (value == [] and kind.startswith("list")):
+            raise SystemExit(f"{source}{name}: {'an empty list' if value == [] else 'null'} is not a value of this "
+                             f"setting ({kind}); give one, or leave the line out for the default")
         setattr(settings, name, value)
     check_settings(settings)
     return settings
