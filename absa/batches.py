@@ -26,9 +26,10 @@ class EpochSeededSampler(Sampler):
     run continues from the example where it stopped on any number of processes, and on as many as before it sees
     exactly the batches the interrupted run would have seen.
 
-    On several processes the order is filled up to a multiple of `pad_to_multiple_of` (processes x batch size) with
-    the epoch's first examples, as Accelerate's even batches would fill it. Done here, a run resumed inside the epoch
-    gets the same fill; Accelerate would fill with the first examples after where it resumed.
+    On several processes what is left of the order from `start` is filled up to a multiple of `pad_to_multiple_of`
+    (processes x batch size) with the epoch's first examples, as Accelerate's even batches would fill it. Done here,
+    a run resumed inside the epoch gets the uninterrupted run's fill (Accelerate would fill with the first examples
+    after where it resumed), and one resumed on more processes only examples of the epoch's beginning again.
     """
 
     def __init__(self, lengths, batch_size: int, seed: int, group_by_length: bool, groups=None, fingerprint="",
@@ -48,7 +49,8 @@ class EpochSeededSampler(Sampler):
         return len(self.lengths) + self.padding() - self.start
 
     def padding(self) -> int:
-        return -len(self.lengths) % self.pad_to_multiple_of if self.lengths else 0
+        """How many of the epoch's first examples fill up what is left of it from `start`."""
+        return -(len(self.lengths) - self.start) % self.pad_to_multiple_of if len(self.lengths) > self.start else 0
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)

@@ -221,6 +221,17 @@ def test_several_processes_resumed_inside_an_epoch_get_the_batches_of_the_uninte
     for done in range(1, len(uninterrupted[0])):  # resumed after `done` steps
         sampler.start = done * processes * batch
         assert sharded(sampler) == [rank[done:] for rank in uninterrupted], done
+    # Resumed on these processes from a position one process reached (any multiple of the batch): the rest of the
+    # epoch once, in full batches, filled with the epoch's first examples only.
+    order = list(EpochSeededSampler(lengths, batch, seed=3, group_by_length=True))
+    for start in range(batch, examples, batch):
+        sampler.start = start
+        batches = [b for rank in sharded(sampler) for b in rank]
+        assert all(len(b) == batch for b in batches)
+        trained = sorted(i for b in batches for i in b)
+        fill = len(trained) - (examples - start)
+        assert 0 <= fill < processes * batch
+        assert trained == sorted(order[start:] + (order * processes * batch)[:fill]), start
 
 
 @pytest.mark.parametrize("native,launched,expected", [(True, None, "bf16"), (False, None, "no"),
