@@ -102,9 +102,11 @@ def parse_settings(settings_class, args: list[str] | None = None):
     hints = typing.get_type_hints(settings_class)  # not the fields' types: HfArgumentParser strips their None
     for name, value in unset.items():
         kind = getattr(hints[name], "__name__", str(hints[name]))  # "float", "str | None", "list[int]"
-        if "None" not in kind and not (value == [] and kind.startswith("list")):
-            raise SystemExit(f"{source}{name}: {'an empty list' if value == [] else 'null'} is not a value of this "
-                             f"setting ({kind}); give one, or leave the line out for the default")
+        declared = settings_class.__dataclass_fields__[name]
+        empty_by_default = callable(declared.default_factory) and declared.default_factory() == []
+        if value == [] and not empty_by_default or value is None and "None" not in kind:
+            raise SystemExit(f"{source}{name}: {'an empty list' if value == [] else 'null (or empty)'} is not a "
+                             f"value of this setting ({kind}); give one, or leave the line out for the default")
         setattr(settings, name, value)
     check_settings(settings)
     return settings

@@ -701,10 +701,14 @@ def test_a_settings_file_is_converted_and_checked_as_flags_are(tmp_path):
     with pytest.raises(SystemExit):
         parse_settings(finetune_absa.Settings, [str(tmp_path / "settings.json")])
     # null for a setting that has no such value: it stopped later in a comparison with a TypeError traceback
-    for text in ("ema_decay: ~\n", "learning_rate: null\n", "num_epochs: ''\n", "learning_rate: []\n"):
+    for text in ("ema_decay: ~\n", "learning_rate: null\n", "num_epochs: ''\n", "learning_rate: []\n",
+                 "label_names: []\n"):  # (no label names: it stopped at the first row, "expected one of ")
         settings_file.write_text(text)
-        with pytest.raises(SystemExit, match=r"settings.yaml: \w+: (null|an empty list) is not a value of this"):
+        with pytest.raises(SystemExit, match=r"settings.yaml: \w+: (null|an empty list) .*is not a value of this"):
             parse_settings(finetune_absa.Settings, [str(settings_file)])
     settings_file.write_text("seeds: []\nresume_from_checkpoint: ~\n")  # lists and optional settings take them
     settings = parse_settings(finetune_absa.Settings, [str(settings_file)])
     assert settings.seeds == [] and settings.resume_from_checkpoint is None
+    import finetune_seqcls  # whose label names are read from the data unless given: empty is its default
+    settings_file.write_text("label_names: []\n")
+    assert parse_settings(finetune_seqcls.Settings, [str(settings_file)]).label_names == []
