@@ -144,8 +144,7 @@ def main(settings: Settings) -> dict:
     tokenizer.model_max_length = min(tokenizer.model_max_length, settings.max_length)
     splits, features = encode_text_splits(data.splits, tokenizer, tokenizer.model_max_length)
     collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=settings.pad_to_multiple_of)
-    # (evaluation loaders keep the row order of `splits`)
-    loaders = make_dataloaders(features, collator, settings, accelerator.num_processes)
+    loaders = make_dataloaders(features, collator, settings, accelerator.num_processes)  # evaluation: `splits`' order
     accelerator.print(f"task {data.task}, {len(data.label_names)} label(s), texts {'+'.join(data.text_columns)}; "
                       f"{ {split: len(rows) for split, rows in splits.items()} }")
     train_order = loaders["train"].sampler  # the epoch's seeded order; a resumed run starts inside it

@@ -4,6 +4,7 @@ an epoch and keeps identical inputs (ABSA: the aspects of one sentence, encoded 
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -60,7 +61,7 @@ class EpochSeededSampler(Sampler):
         else:
             order = torch.randperm(len(self.groups), generator=generator).tolist()
         examples = [i for group in order for i in self.groups[group]]
-        examples += (examples * (self.padding() // max(1, len(examples)) + 1))[:self.padding()]
+        examples += itertools.islice(itertools.cycle(examples), self.padding())
         return iter(examples[self.start:])
 
 

@@ -104,7 +104,7 @@ def parse_settings(settings_class, args: list[str] | None = None):
         kind = getattr(hints[name], "__name__", str(hints[name]))  # "float", "str | None", "list[int]"
         declared = settings_class.__dataclass_fields__[name]
         empty_by_default = callable(declared.default_factory) and declared.default_factory() == []
-        if value == [] and not empty_by_default or value is None and "None" not in kind:
+        if (value == [] and not empty_by_default) or (value is None and "None" not in kind):
             raise SystemExit(f"{source}{name}: {'an empty list' if value == [] else 'null (or empty)'} is not a "
                              f"value of this setting ({kind}); give one, or leave the line out for the default")
         setattr(settings, name, value)
